@@ -1,0 +1,3 @@
+from calltags.cli import main
+
+main()

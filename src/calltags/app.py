@@ -1,0 +1,146 @@
+"""The ASGI application: routes, error handling, and the clients opened in its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis, RedisCluster
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, request_response
+
+from calltags import admin, calls, health, openapi, postbacks
+from calltags.config import Settings, load_settings, require
+from calltags.db import create_pool
+from calltags.errors import ApiError, StoreUnavailable
+from calltags.http import error_response
+from calltags.keys import KeySpace
+from calltags.log import PostbackLog
+from calltags.publishers import KeyResolver, Publishers
+from calltags.services import Services
+from calltags.store import RedisClient, Store
+
+log = logging.getLogger("calltags")
+
+_TOUCH_INTERVAL = 5.0  # s between writes of keys' last_used_at
+
+
+def redis_client(settings: Settings) -> RedisClient:
+    url = require(settings.redis_url, "REDIS_URL")
+    if settings.uses_cluster:
+        cluster: RedisClient = RedisCluster.from_url(url.replace("redis+cluster://", "redis://", 1))
+        return cluster
+    client: RedisClient = Redis.from_url(url)
+    return client
+
+
+async def _touch_keys(svc: Services) -> None:
+    """Write last_used_at of the keys that served postbacks, every few seconds."""
+    while True:
+        await asyncio.sleep(_TOUCH_INTERVAL)
+        used = svc.resolver.take_used()
+        try:
+            await svc.publishers.touch(used)
+        except Exception:  # the next round retries with newer times; keep the loop alive
+            log.exception("could not record last_used_at")
+
+
+async def open_services(settings: Settings) -> Services:
+    keys = KeySpace(settings.redis_prefix, settings.log_shards)
+    redis = redis_client(settings)
+    pool = await create_pool(require(settings.database_url, "DATABASE_URL"))
+    publishers = Publishers(pool, redis, keys)
+    return Services(
+        settings=settings,
+        redis=redis,
+        pool=pool,
+        keys=keys,
+        store=Store(redis, keys, settings.call_ttl_seconds),
+        log=PostbackLog(redis, keys),
+        publishers=publishers,
+        resolver=KeyResolver(redis, keys, settings.key_cache_seconds, fallback=publishers),
+    )
+
+
+async def close_services(svc: Services) -> None:
+    await svc.pool.close()
+    await svc.redis.aclose()
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("store unavailable: %s", exc)
+    return error_response(ApiError(503, "unavailable", "a store is unavailable, retry shortly"))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    headers = dict(exc.headers) if exc.headers else None
+    return error_response(ApiError(exc.status_code, code, str(exc.detail), headers))
+
+
+def _data_writing_app() -> CORSMiddleware:
+    """The publisher endpoint, open to browsers of any origin (lead forms post to it)."""
+    return CORSMiddleware(
+        request_response(postbacks.data_writing),
+        allow_origins=["*"],
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["*"],
+        max_age=86400,
+    )
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings if settings is not None else load_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        svc = await open_services(settings)
+        app.state.services = svc
+        toucher = asyncio.create_task(_touch_keys(svc))
+        try:
+            yield
+        finally:
+            toucher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await toucher
+            await svc.publishers.touch(svc.resolver.take_used())
+            await close_services(svc)
+
+    data_writing = _data_writing_app()
+    routes = [
+        Route("/data_writing", data_writing, methods=["GET", "POST", "OPTIONS"]),
+        Route("/data_writing/{key}", data_writing, methods=["GET", "POST", "OPTIONS"]),
+        Route("/calls", calls.connect, methods=["POST"]),
+        Route("/calls/{call_uuid}", calls.get_call, methods=["GET"]),
+        Route("/calls/{call_uuid}/end", calls.end_call, methods=["POST"]),
+        Route("/admin/publishers", admin.create_publisher, methods=["POST"]),
+        Route("/admin/publishers", admin.list_publishers, methods=["GET"]),
+        Route("/admin/publishers/{publisher_id}/keys", admin.create_key, methods=["POST"]),
+        Route("/admin/publishers/{publisher_id}/keys", admin.list_keys, methods=["GET"]),
+        Route("/admin/keys/{key_id}", admin.update_key, methods=["PATCH"]),
+        Route("/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/openapi.json", openapi.endpoint, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            ApiError: _api_error,
+            StoreUnavailable: _store_unavailable,
+            HTTPException: _http_error,
+        },
+    )

@@ -1,0 +1,93 @@
+"""Settings, read once from the environment, then `.env`, then defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.config import Config
+from starlette.datastructures import Secret
+
+from calltags.errors import ConfigError
+
+MAX_STORAGE_SECONDS = 2_592_000  # 30 days: the largest storage duration and cut-off a key may have
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None
+    redis_cluster: bool
+    database_url: str | None
+    port: int
+    admin_token: Secret | None
+    routing_token: Secret | None
+    default_region: str
+    redis_prefix: str
+    log_shards: int
+    log_max_backlog: int
+    call_ttl_seconds: int
+    key_cache_seconds: float
+    data_dir: Path
+    web_concurrency: int
+
+    @property
+    def uses_cluster(self) -> bool:
+        return self.redis_cluster or (self.redis_url or "").startswith("redis+cluster://")
+
+
+def _int(config: Config, name: str, default: int, low: int, high: int) -> int:
+    raw = config(name, default=str(default))
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _secret(config: Config, name: str) -> Secret | None:
+    raw = config(name, default="")
+    return Secret(raw) if raw else None
+
+
+def load_settings(env_file: str | Path | None = ".env") -> Settings:
+    path = Path(env_file) if env_file is not None else None
+    config = Config(path if path is not None and path.is_file() else None, environ=os.environ)
+    region = config("CALLTAGS_DEFAULT_REGION", default="US").upper()
+    import phonenumbers
+
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigError(f"CALLTAGS_DEFAULT_REGION {region!r} is not a known region code")
+    cache = config("CALLTAGS_KEY_CACHE_SECONDS", default="1.0")
+    try:
+        key_cache_seconds = float(cache)
+    except ValueError as exc:
+        raise ConfigError(f"CALLTAGS_KEY_CACHE_SECONDS must be a number, got {cache!r}") from exc
+    if not 0 <= key_cache_seconds <= 1:
+        raise ConfigError("CALLTAGS_KEY_CACHE_SECONDS must be between 0 and 1")
+    return Settings(
+        redis_url=config("REDIS_URL", default="") or None,
+        redis_cluster=config("CALLTAGS_REDIS_CLUSTER", default="0").lower() in ("1", "true", "yes"),
+        database_url=config("DATABASE_URL", default="") or None,
+        port=_int(config, "PORT", 8000, 1, 65535),
+        admin_token=_secret(config, "CALLTAGS_ADMIN_TOKEN"),
+        routing_token=_secret(config, "CALLTAGS_ROUTING_TOKEN"),
+        default_region=region,
+        redis_prefix=config("CALLTAGS_REDIS_PREFIX", default="ct:"),
+        log_shards=_int(config, "CALLTAGS_LOG_SHARDS", 8, 1, 1024),
+        log_max_backlog=_int(config, "CALLTAGS_LOG_MAX_BACKLOG", 1_000_000, 1, 10**9),
+        call_ttl_seconds=_int(
+            config, "CALLTAGS_CALL_TTL_SECONDS", MAX_STORAGE_SECONDS, 3600, 10 * MAX_STORAGE_SECONDS
+        ),
+        key_cache_seconds=key_cache_seconds,
+        data_dir=Path(config("CALLTAGS_DATA_DIR", default=".data")),
+        web_concurrency=_int(config, "WEB_CONCURRENCY", 1, 1, 256),
+    )
+
+
+def require(value: str | None, name: str) -> str:
+    if not value:
+        raise ConfigError(f"{name} is not set")
+    return value

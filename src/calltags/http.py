@@ -1,0 +1,84 @@
+"""JSON responses and request helpers shared by the routes."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from calltags import errors
+from calltags.errors import ApiError
+
+MAX_BODY_BYTES = 1024 * 1024  # 1 MiB
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(
+        {"error": exc.code, "message": exc.message}, status_code=exc.status, headers=exc.headers
+    )
+
+
+def iso_ms(ms: int) -> str:
+    """Epoch milliseconds as ISO 8601 UTC, e.g. 2026-11-29T12:00:00.123Z."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def too_large() -> ApiError:
+    return ApiError(413, "payload_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, or ApiError 413 once it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise too_large()
+        except ValueError as exc:
+            raise ApiError(400, "invalid_body", "Content-Length is not a number") from exc
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, or ApiError 400 `invalid_body`."""
+    body = await read_body(request)
+    if not body.strip():
+        return {}
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_body", "the body is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_body", "the body must be a JSON object")
+    return data
+
+
+def require_bearer(request: Request, tokens: Iterable[str | None]) -> None:
+    """ApiError 401 unless the Authorization header carries one of `tokens`."""
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() == "bearer" and presented:
+        given = presented.strip().encode("utf-8", "surrogatepass")
+        for token in tokens:
+            if token and hmac.compare_digest(given, token.encode()):
+                return
+    raise errors.unauthorized()

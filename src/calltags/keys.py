@@ -1,0 +1,42 @@
+"""Every Redis key calltags uses, and the time units that go with them.
+
+A caller's keys all carry the caller's E.164 number as hash tag, so that one Lua
+script touches one Redis Cluster slot:
+
+    {prefix}{+15551234567}:p     hash   pending tags: name -> "pub:key:set_at_ms|value"
+    {prefix}{+15551234567}:c     hash   calls: call_uuid -> JSON call, plus the pointers
+                                        "@live" (newest live call) and "@last" (newest ended call)
+    {prefix}call:{CALL_UUID}     string caller number of a call, for lookups by call_uuid
+    {prefix}key:{SHA256}         hash   mirror of a postback key for the hot path
+    {prefix}log:{N}              stream postback log shard N (0 <= N < CALLTAGS_LOG_SHARDS)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SECOND_MS = 1000  # 1 s in ms
+
+
+@dataclass(frozen=True)
+class KeySpace:
+    prefix: str
+    log_shards: int
+
+    def pending(self, caller: str) -> str:
+        return f"{self.prefix}{{{caller}}}:p"
+
+    def calls(self, caller: str) -> str:
+        return f"{self.prefix}{{{caller}}}:c"
+
+    def call_index(self, call_uuid: str) -> str:
+        return f"{self.prefix}call:{{{call_uuid}}}"
+
+    def postback_key(self, secret_hash: str) -> str:
+        return f"{self.prefix}key:{{{secret_hash}}}"
+
+    def log_shard(self, shard: int) -> str:
+        return f"{self.prefix}log:{{{shard}}}"
+
+    def log_shards_all(self) -> list[str]:
+        return [self.log_shard(n) for n in range(self.log_shards)]

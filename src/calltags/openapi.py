@@ -1,0 +1,389 @@
+"""GET /openapi.json: the OpenAPI 3.1 description of every route."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from calltags import __version__
+from calltags.http import JSONResponse
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_SECURED_ROUTING: list[dict[str, list[str]]] = [{"routingToken": []}, {"adminToken": []}]
+_SECURED_ADMIN: list[dict[str, list[str]]] = [{"adminToken": []}]
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {
+        str(code): {
+            "description": "error",
+            "content": {"application/json": {"schema": _ERROR}},
+        }
+        for code in codes
+    }
+
+
+def _json_body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+def _ok(status: int, schema: dict[str, Any], description: str = "success") -> dict[str, Any]:
+    return {
+        str(status): {
+            "description": description,
+            "content": {"application/json": {"schema": schema}},
+        }
+    }
+
+
+_POSTBACK_PARAMS = [
+    {"name": "key", "in": "query", "required": False, "schema": {"type": "string"}},
+    {"name": "caller_number", "in": "query", "required": False, "schema": {"type": "string"}},
+    {"name": "call_uuid", "in": "query", "required": False, "schema": {"type": "string"}},
+    {
+        "name": "tags",
+        "in": "query",
+        "required": False,
+        "style": "form",
+        "explode": True,
+        "description": "every other parameter is a tag: name=value",
+        "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+]
+_POSTBACK_BODY = {
+    "required": False,
+    "content": {
+        "application/json": {"schema": {"type": "object", "additionalProperties": True}},
+        "application/x-www-form-urlencoded": {
+            "schema": {"type": "object", "additionalProperties": {"type": "string"}}
+        },
+    },
+}
+_POSTBACK_RESPONSES = {
+    **_ok(200, {"$ref": "#/components/schemas/PostbackResult"}),
+    **_errors(400, 401, 403, 404, 413, 415, 422, 429, 503),
+}
+
+
+def _postback_operations(with_key: bool) -> dict[str, Any]:
+    params = list(_POSTBACK_PARAMS)
+    if with_key:
+        params = [
+            {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}},
+            *params[1:],
+        ]
+    return {
+        "get": {
+            "summary": "Write tags for a caller",
+            "parameters": params,
+            "responses": _POSTBACK_RESPONSES,
+        },
+        "post": {
+            "summary": "Write tags for a caller",
+            "parameters": params,
+            "requestBody": _POSTBACK_BODY,
+            "responses": _POSTBACK_RESPONSES,
+        },
+    }
+
+
+_CALL_UUID_PATH = [
+    {"name": "call_uuid", "in": "path", "required": True, "schema": {"type": "string"}}
+]
+_ID_PATH = {"in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "calltags", "version": __version__},
+    "paths": {
+        "/data_writing": _postback_operations(with_key=False),
+        "/data_writing/{key}": _postback_operations(with_key=True),
+        "/calls": {
+            "post": {
+                "summary": "Connect a call, claiming the caller's pending tags",
+                "security": _SECURED_ROUTING,
+                "requestBody": _json_body({"$ref": "#/components/schemas/ConnectRequest"}),
+                "responses": {
+                    **_ok(201, {"$ref": "#/components/schemas/Call"}, "call started"),
+                    **_ok(200, {"$ref": "#/components/schemas/Call"}, "the call already existed"),
+                    **_errors(400, 401, 409, 413, 422, 503),
+                },
+            }
+        },
+        "/calls/{call_uuid}": {
+            "get": {
+                "summary": "Read a call and its tags",
+                "security": _SECURED_ROUTING,
+                "parameters": _CALL_UUID_PATH,
+                "responses": {
+                    **_ok(200, {"$ref": "#/components/schemas/Call"}),
+                    **_errors(401, 404, 503),
+                },
+            }
+        },
+        "/calls/{call_uuid}/end": {
+            "post": {
+                "summary": "Complete a call; each key's end-call cut-off starts now",
+                "security": _SECURED_ROUTING,
+                "parameters": _CALL_UUID_PATH,
+                "responses": {
+                    **_ok(200, {"$ref": "#/components/schemas/Call"}),
+                    **_errors(401, 404, 503),
+                },
+            }
+        },
+        "/admin/publishers": {
+            "post": {
+                "summary": "Create a publisher",
+                "security": _SECURED_ADMIN,
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1, "maxLength": 200}
+                        },
+                    }
+                ),
+                "responses": {
+                    **_ok(201, {"$ref": "#/components/schemas/Publisher"}),
+                    **_errors(400, 401, 413, 422, 503),
+                },
+            },
+            "get": {
+                "summary": "List publishers",
+                "security": _SECURED_ADMIN,
+                "responses": {
+                    **_ok(
+                        200,
+                        {
+                            "type": "object",
+                            "properties": {
+                                "items": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/Publisher"},
+                                }
+                            },
+                        },
+                    ),
+                    **_errors(401, 503),
+                },
+            },
+        },
+        "/admin/publishers/{publisher_id}/keys": {
+            "post": {
+                "summary": "Create a postback key; the secret is in this response only",
+                "security": _SECURED_ADMIN,
+                "parameters": [{"name": "publisher_id", **_ID_PATH}],
+                "requestBody": _json_body({"$ref": "#/components/schemas/KeyCreate"}),
+                "responses": {
+                    **_ok(201, {"$ref": "#/components/schemas/Key"}),
+                    **_errors(400, 401, 404, 413, 422, 503),
+                },
+            },
+            "get": {
+                "summary": "List a publisher's keys (never the secret)",
+                "security": _SECURED_ADMIN,
+                "parameters": [{"name": "publisher_id", **_ID_PATH}],
+                "responses": {
+                    **_ok(
+                        200,
+                        {
+                            "type": "object",
+                            "properties": {
+                                "items": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/Key"},
+                                }
+                            },
+                        },
+                    ),
+                    **_errors(401, 404, 503),
+                },
+            },
+        },
+        "/admin/keys/{key_id}": {
+            "patch": {
+                "summary": "Pause, resume, rename or change a key's durations",
+                "security": _SECURED_ADMIN,
+                "parameters": [{"name": "key_id", **_ID_PATH}],
+                "requestBody": _json_body({"$ref": "#/components/schemas/KeyUpdate"}),
+                "responses": {
+                    **_ok(200, {"$ref": "#/components/schemas/Key"}),
+                    **_errors(400, 401, 404, 413, 422, 503),
+                },
+            },
+            "delete": {
+                "summary": "Revoke a key; it stops working within 1 s",
+                "security": _SECURED_ADMIN,
+                "parameters": [{"name": "key_id", **_ID_PATH}],
+                "responses": {
+                    **_ok(200, {"$ref": "#/components/schemas/Key"}),
+                    **_errors(401, 404, 503),
+                },
+            },
+        },
+        "/healthz": {"get": {"summary": "Liveness", "responses": _ok(200, {"type": "object"})}},
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: Redis and Postgres reachable",
+                "responses": {
+                    **_ok(200, {"type": "object"}),
+                    "503": {"description": "a store is unreachable"},
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {"summary": "This document", "responses": _ok(200, {"type": "object"})}
+        },
+    },
+    "components": {
+        "securitySchemes": {
+            "routingToken": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "CALLTAGS_ROUTING_TOKEN",
+            },
+            "adminToken": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "CALLTAGS_ADMIN_TOKEN",
+            },
+        },
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error", "message"],
+                "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+            },
+            "PostbackResult": {
+                "type": "object",
+                "required": ["tag_values", "caller_number", "status"],
+                "properties": {
+                    "tag_values": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "caller_number": {"type": "string"},
+                    "status": {
+                        "type": "string",
+                        "enum": [
+                            "call not found, tags stored",
+                            "call in progress, tags applied",
+                            "completed call found, tags applied",
+                        ],
+                    },
+                    "call_uuid": {"type": "string"},
+                    "expires_at": {"type": "string", "format": "date-time"},
+                },
+            },
+            "ConnectRequest": {
+                "type": "object",
+                "required": ["caller_number"],
+                "properties": {
+                    "caller_number": {"type": "string"},
+                    "call_uuid": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"},
+                    "publisher_id": {"type": "string", "maxLength": 64},
+                    "campaign": {"type": "string", "maxLength": 200},
+                },
+            },
+            "Call": {
+                "type": "object",
+                "required": [
+                    "call_uuid",
+                    "caller_number",
+                    "state",
+                    "tags",
+                    "tag_sources",
+                    "started_at",
+                ],
+                "properties": {
+                    "call_uuid": {"type": "string"},
+                    "caller_number": {"type": "string"},
+                    "state": {"type": "string", "enum": ["in_progress", "completed"]},
+                    "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "tag_sources": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": "object",
+                            "properties": {
+                                "publisher_id": {"type": "integer"},
+                                "key_id": {"type": "integer"},
+                                "set_at": {"type": "string", "format": "date-time"},
+                            },
+                        },
+                    },
+                    "started_at": {"type": "string", "format": "date-time"},
+                    "ended_at": {"type": "string", "format": "date-time"},
+                    "publisher_id": {"type": ["string", "null"]},
+                    "campaign": {"type": ["string", "null"]},
+                },
+            },
+            "Publisher": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "integer"},
+                    "name": {"type": "string"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                },
+            },
+            "KeyCreate": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "type": {"type": "string", "enum": ["call_data_writing"]},
+                    "end_call_cutoff_seconds": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": 2592000,
+                    },
+                    "storage_duration_seconds": {
+                        "type": "integer",
+                        "minimum": 60,
+                        "maximum": 2592000,
+                    },
+                },
+            },
+            "KeyUpdate": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "paused": {"type": "boolean"},
+                    "end_call_cutoff_seconds": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": 2592000,
+                    },
+                    "storage_duration_seconds": {
+                        "type": "integer",
+                        "minimum": 60,
+                        "maximum": 2592000,
+                    },
+                },
+            },
+            "Key": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "integer"},
+                    "publisher_id": {"type": "integer"},
+                    "name": {"type": "string"},
+                    "type": {"type": "string"},
+                    "key": {"type": "string", "description": "the secret, at creation only"},
+                    "example_url": {"type": "string", "description": "at creation only"},
+                    "key_prefix": {"type": "string"},
+                    "end_call_cutoff_seconds": {"type": "integer"},
+                    "storage_duration_seconds": {"type": "integer"},
+                    "paused": {"type": "boolean"},
+                    "revoked": {"type": "boolean"},
+                    "revoked_at": {"type": ["string", "null"], "format": "date-time"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "last_used_at": {"type": ["string", "null"], "format": "date-time"},
+                },
+            },
+        },
+    },
+}
+
+
+async def endpoint(request: Request) -> Response:
+    return JSONResponse(SPEC)
