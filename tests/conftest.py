@@ -1,0 +1,194 @@
+"""Fixtures: real Redis and Postgres for integration tests, each test run in its own
+database and under its own Redis key prefix, so no data the tests did not create is
+touched.
+
+REDIS_URL / DATABASE_URL name the servers when set; otherwise embedded Valkey and
+PostgreSQL are started from their wheels in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+
+from calltags import db
+from calltags.app import create_app
+from calltags.config import Settings, load_settings
+
+ADMIN_TOKEN = "test-admin-token"
+ROUTING_TOKEN = "test-routing-token"
+
+
+@pytest.fixture(scope="session")
+def tmp_root() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="calltags-test-") as folder:
+        yield Path(folder)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_root: Path) -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    from calltags.devserver import embedded_valkey
+
+    with embedded_valkey(tmp_root / "valkey") as embedded:
+        yield embedded
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def server_database_url(tmp_root: Path) -> Iterator[str]:
+    """A URL on the Postgres server that may create databases."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    from calltags.devserver import embedded_postgres
+
+    with embedded_postgres(tmp_root / "postgres", database="postgres") as embedded:
+        yield embedded
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_database_url: str) -> AsyncIterator[str]:
+    """A database of this test run's own, migrated, dropped at the end."""
+    name = f"calltags_test_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(server_database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = _with_database(server_database_url, name)
+    await db.migrate(url)
+    try:
+        yield url
+    finally:
+        admin = await asyncpg.connect(server_database_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(scope="session")
+def redis_prefix() -> str:
+    return f"cttest:{secrets.token_hex(4)}:"
+
+
+@pytest.fixture(scope="session")
+async def redis(redis_url: str, redis_prefix: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        # Only this run's keys: everything under its own prefix.
+        async for name in client.scan_iter(match=f"{redis_prefix}*", count=1000):
+            await client.delete(name)
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def settings(
+    redis_url: str, database_url: str, redis_prefix: str, redis: Redis, tmp_root: Path
+) -> Settings:
+    base = load_settings(env_file=None)
+    return replace(
+        base,
+        redis_url=redis_url,
+        redis_cluster=False,
+        database_url=database_url,
+        admin_token=_secret(ADMIN_TOKEN),
+        routing_token=_secret(ROUTING_TOKEN),
+        default_region="US",
+        redis_prefix=redis_prefix,
+        data_dir=tmp_root / "data",
+    )
+
+
+def _secret(value: str) -> Any:
+    from starlette.datastructures import Secret
+
+    return Secret(value)
+
+
+@contextlib.asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An app with its lifespan run, and an HTTP client on it (in-process ASGI)."""
+    app: Starlette = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+@pytest.fixture(scope="session")
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with running_app(settings) as http:
+        yield http
+
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+ROUTING = {"Authorization": f"Bearer {ROUTING_TOKEN}"}
+
+
+class Keys:
+    """Makes publishers and keys through the admin API."""
+
+    def __init__(self, client: httpx.AsyncClient):
+        self.client = client
+
+    async def publisher(self, name: str = "Acme Leads") -> int:
+        response = await self.client.post("/admin/publishers", json={"name": name}, headers=ADMIN)
+        assert response.status_code == 201, response.text
+        publisher_id: int = response.json()["id"]
+        return publisher_id
+
+    async def key(self, publisher_id: int | None = None, **fields: Any) -> dict[str, Any]:
+        if publisher_id is None:
+            publisher_id = await self.publisher()
+        response = await self.client.post(
+            f"/admin/publishers/{publisher_id}/keys",
+            json={"name": "main", "type": "call_data_writing", **fields},
+            headers=ADMIN,
+        )
+        assert response.status_code == 201, response.text
+        key: dict[str, Any] = response.json()
+        return key
+
+
+@pytest.fixture
+def keys(client: httpx.AsyncClient) -> Keys:
+    return Keys(client)
+
+
+@pytest.fixture
+async def key(keys: Keys) -> dict[str, Any]:
+    return await keys.key()
+
+
+_caller_counter = iter(range(10**6))
+
+
+def fresh_caller() -> str:
+    """A caller number no other test uses in this run (US, E.164)."""
+    n = next(_caller_counter)
+    return f"+1212{secrets.randbelow(900) + 100}{n:04d}"
