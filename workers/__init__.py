@@ -1,0 +1,1 @@
+"""arq worker processes of calltags."""
