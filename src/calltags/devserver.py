@@ -121,10 +121,11 @@ def run(settings: Settings) -> None:
                 env["DATABASE_URL"] = stack.enter_context(embedded_postgres(data_dir / "postgres"))
             token, created = _admin_token(settings, data_dir)
             env["CALLTAGS_ADMIN_TOKEN"] = token
+            env["PORT"] = str(settings.port)
             run_env.write_text(
                 "".join(
                     f"{name}={env[name]}\n"
-                    for name in ("REDIS_URL", "DATABASE_URL", "CALLTAGS_ADMIN_TOKEN")
+                    for name in ("REDIS_URL", "DATABASE_URL", "CALLTAGS_ADMIN_TOKEN", "PORT")
                 )
             )
             run_env.chmod(0o600)
