@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import pytest
+
+from calltags.config import load_settings
+from calltags.errors import ConfigError
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PORT", "CALLTAGS_DEFAULT_REGION", "CALLTAGS_LOG_SHARDS", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings(env_file=None)
+    assert settings.port == 8000
+    assert settings.default_region == "US"
+    assert settings.log_shards == 8
+    assert settings.redis_url is None
+    assert settings.key_cache_seconds == 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "eighty"),
+        ("PORT", "70000"),
+        ("CALLTAGS_DEFAULT_REGION", "XX"),
+        ("CALLTAGS_LOG_SHARDS", "0"),
+        ("CALLTAGS_KEY_CACHE_SECONDS", "5"),
+    ],
+)
+def test_bad_values_fail_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        load_settings(env_file=None)
+
+
+def test_cluster_url_implies_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis+cluster://127.0.0.1:7000")
+    monkeypatch.delenv("CALLTAGS_REDIS_CLUSTER", raising=False)
+    assert load_settings(env_file=None).uses_cluster
+
+
+def test_env_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    monkeypatch.delenv("CALLTAGS_DEFAULT_REGION", raising=False)
+    env = tmp_path / ".env"
+    env.write_text("CALLTAGS_DEFAULT_REGION=gb\n")
+    assert load_settings(env_file=env).default_region == "GB"
