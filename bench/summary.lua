@@ -1,0 +1,10 @@
+
+-- Appended to every bench script by bench/run.py: one JSON line of results.
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '\nRESULT {"requests":%d,"duration_us":%d,"socket_errors":%d,"non_2xx":%d,' ..
+    '"p50_us":%d,"p99_us":%d,"mean_us":%.1f}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99), latency.mean))
+end
