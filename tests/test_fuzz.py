@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import ADMIN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
@@ -16,7 +17,6 @@ from calltags import phone
 from calltags.app import create_app
 from calltags.config import Settings
 from calltags.errors import ApiError
-from conftest import ADMIN
 
 FUZZ = settings(
     max_examples=100,
