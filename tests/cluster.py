@@ -94,7 +94,7 @@ def local_cluster(folder: Path, masters: int = 3) -> Iterator[list[int]]:
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
-                )  # fmt: skip
+                )
             )
         for port, proc in zip(ports, processes, strict=True):
             _wait_ping(port, proc)
