@@ -31,6 +31,15 @@ check: lint typecheck test
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: bench
-bench: $(STAMP)  ## side-by-side peak measurement (wrk), see bench/README.md
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
+
+.PHONY: bench bench-locust
+bench: $(STAMP)  # side-by-side peak measurement with wrk; see bench/README.md
 	$(BIN)/python -m bench.run
+
+bench-locust: $(BENCH_STAMP)  # realistic mixed load for a fixed time, reports in bench/results/
+	$(BIN)/python -m bench.locust_run

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -190,15 +191,16 @@ def _ratio(value: float, baseline: list[float]) -> float:
     return value / statistics.mean(baseline)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2, help="A B A B rounds")
-    parser.add_argument("--callers", type=int, default=100_000, help="caller pool size")
-    args = parser.parse_args()
-    ensure_wrk()
+@dataclass
+class Service:
+    env: dict[str, str]  # what the web process got, plus CALLTAGS_KEY / CALLTAGS_TOKEN for wrk
+    secret: str
+    token: str
 
+
+@contextlib.contextmanager
+def stores_and_key(callers: int) -> Iterator[Service]:
+    """Redis, Postgres, a database and key prefix of the bench's own, and a postback key."""
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="calltags-bench-")))
         redis_url = os.environ.get("REDIS_URL") or stack.enter_context(embedded_valkey(tmp / "vk"))
@@ -212,7 +214,6 @@ def main() -> None:
         prefix = f"ctbench:{secrets.token_hex(4)}:"
         stack.callback(lambda: asyncio.run(_drop_prefix(redis_url, prefix)))
         secret, token = asyncio.run(_prepare(redis_url, database_url, prefix))
-
         env = dict(
             os.environ,
             REDIS_URL=redis_url,
@@ -222,41 +223,40 @@ def main() -> None:
             CALLTAGS_ADMIN_TOKEN=secrets.token_urlsafe(16),
             CALLTAGS_KEY=secret,
             CALLTAGS_TOKEN=token,
-            CALLERS=str(args.callers),
+            CALLERS=str(callers),
         )
-        hello_port, app_port = _free_port(), _free_port()
-        python = sys.executable
+        yield Service(env, secret, token)
+
+
+def calltags_server(env: dict[str, str]) -> contextlib.AbstractContextManager[str]:
+    port = _free_port()
+    command = [sys.executable, "-m", "uvicorn", "--factory", "calltags.app:create_app",
+               "--port", str(port), *UVICORN_FLAGS]  # fmt: skip
+    return server(command, port, env)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2, help="A B A B rounds")
+    parser.add_argument("--callers", type=int, default=100_000, help="caller pool size")
+    args = parser.parse_args()
+    ensure_wrk()
+
+    with contextlib.ExitStack() as stack:
+        service = stack.enter_context(stores_and_key(args.callers))
+        env = service.env
+        hello_port = _free_port()
         hello = stack.enter_context(
             server(
-                [
-                    python,
-                    "-m",
-                    "uvicorn",
-                    "bench.hello:app",
-                    "--port",
-                    str(hello_port),
-                    *UVICORN_FLAGS,
-                ],
+                [sys.executable, "-m", "uvicorn", "bench.hello:app", "--port", str(hello_port),
+                 *UVICORN_FLAGS],
                 hello_port,
                 env,
             )
-        )
-        app = stack.enter_context(
-            server(
-                [
-                    python,
-                    "-m",
-                    "uvicorn",
-                    "--factory",
-                    "calltags.app:create_app",
-                    "--port",
-                    str(app_port),
-                    *UVICORN_FLAGS,
-                ],
-                app_port,
-                env,
-            )
-        )
+        )  # fmt: skip
+        app = stack.enter_context(calltags_server(env))
 
         runs: dict[str, list[dict[str, Any]]] = {"hello": [], "postback": [], "connect": []}
         plan = [
