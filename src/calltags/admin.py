@@ -38,8 +38,9 @@ def _name(data: dict[str, Any], required: bool = True) -> str | None:
     name = data.get("name")
     if name is None and not required:
         return None
-    if not isinstance(name, str) or not 1 <= len(name.strip()) <= 200:
-        raise errors.invalid_request("name must be a string of 1-200 characters")
+    # Postgres text cannot hold NUL: refuse it here rather than fail the insert with a 500.
+    if not isinstance(name, str) or not 1 <= len(name.strip()) <= 200 or "\x00" in name:
+        raise errors.invalid_request("name must be a string of 1-200 characters, without NUL")
     return name.strip()
 
 
