@@ -99,12 +99,34 @@ def cmd_key_create(args: argparse.Namespace) -> None:
         except PublisherNotFound:
             raise SystemExit(f"no publisher with id {args.publisher}") from None
         _print_json(key)
-        url = (
-            f"{_base_url(settings)}/data_writing?key={quote(secret)}"
-            "&caller_number=%2B15551234567&prequalified=true"
-        )
-        print(f"\nkey (shown once, store it now): {secret}")
-        print(f"example postback:\n  curl '{url}'")
+        _print_secret(settings, secret)
+        print(f"signing secret for signed postbacks (shown once): {key['signing_secret']}")
+
+    asyncio.run(_with_publishers(settings, action))
+
+
+def _print_secret(settings: Settings, secret: str) -> None:
+    url = (
+        f"{_base_url(settings)}/data_writing?key={quote(secret)}"
+        "&caller_number=%2B15551234567&prequalified=true"
+    )
+    print(f"\nkey (shown once, store it now): {secret}")
+    print(f"example postback:\n  curl '{url}'")
+
+
+def cmd_key_rotate(args: argparse.Namespace) -> None:
+    settings = _settings()
+
+    async def action(publishers: Any) -> None:
+        from calltags.publishers import KeyNotFound
+
+        try:
+            key, secret = await publishers.rotate_key(args.key_id, args.grace)
+        except KeyNotFound:
+            raise SystemExit(f"no usable key with id {args.key_id}") from None
+        _print_json(key)
+        _print_secret(settings, secret)
+        print(f"the previous key works until {key['previous_key_valid_until'] or 'now'}")
 
     asyncio.run(_with_publishers(settings, action))
 
@@ -156,6 +178,19 @@ def cmd_run(args: argparse.Namespace) -> None:
     devserver.run(load_settings())
 
 
+def _ranged(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}")
+        return value
+
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="calltags", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -181,12 +216,22 @@ def parser() -> argparse.ArgumentParser:
     kcreate = key.add_parser("create", help="create a key; prints the secret once")
     kcreate.add_argument("--publisher", type=int, required=True)
     kcreate.add_argument("--name", required=True)
-    kcreate.add_argument("--cutoff", type=int, default=3600, help="end-call cut-off, s")
-    kcreate.add_argument("--storage", type=int, default=86400, help="storage duration, s")
+    kcreate.add_argument(
+        "--cutoff", type=_ranged(0, 2_592_000), default=3600, help="end-call cut-off, s"
+    )
+    kcreate.add_argument(
+        "--storage", type=_ranged(60, 2_592_000), default=86400, help="storage duration, s"
+    )
     kcreate.set_defaults(func=cmd_key_create)
     klist = key.add_parser("list", help="list a publisher's keys")
     klist.add_argument("--publisher", type=int, required=True)
     klist.set_defaults(func=cmd_key_list)
+    rotate = key.add_parser("rotate", help="new secret; the old one works for a grace period")
+    rotate.add_argument("key_id", type=int)
+    rotate.add_argument(
+        "--grace", type=_ranged(0, 2_592_000), default=86400, help="seconds the old key works"
+    )
+    rotate.set_defaults(func=cmd_key_rotate)
     for name, changes, text in (
         ("pause", {"paused": True}, "pause a key"),
         ("resume", {"paused": False}, "resume a paused key"),

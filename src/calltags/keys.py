@@ -8,7 +8,13 @@ script touches one Redis Cluster slot:
                                         "@live" (newest live call) and "@last" (newest ended call)
     {prefix}call:{CALL_UUID}     string caller number of a call, for lookups by call_uuid
     {prefix}key:{SHA256}         hash   mirror of a postback key for the hot path
+    {prefix}keys:synced          string set once every key is mirrored: unknown keys then
+                                        need no Postgres lookup
     {prefix}log:{N}              stream postback log shard N (0 <= N < CALLTAGS_LOG_SHARDS)
+    {prefix}calllog:{N}          stream call snapshots shard N, written after connect and end
+                                        (postbacks carry theirs in the log entry)
+
+Workers read both stream families through the consumer group SINK_GROUP.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SECOND_MS = 1000  # 1 s in ms
+SINK_GROUP = "calltags-sink"  # consumer group of the workers on every log stream
 
 
 @dataclass(frozen=True)
@@ -35,8 +42,17 @@ class KeySpace:
     def postback_key(self, secret_hash: str) -> str:
         return f"{self.prefix}key:{{{secret_hash}}}"
 
+    def mirror_complete(self) -> str:
+        return f"{self.prefix}keys:synced"
+
     def log_shard(self, shard: int) -> str:
         return f"{self.prefix}log:{{{shard}}}"
 
     def log_shards_all(self) -> list[str]:
         return [self.log_shard(n) for n in range(self.log_shards)]
+
+    def call_log_shard(self, shard: int) -> str:
+        return f"{self.prefix}calllog:{{{shard}}}"
+
+    def call_log_shards_all(self) -> list[str]:
+        return [self.call_log_shard(n) for n in range(self.log_shards)]
