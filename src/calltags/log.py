@@ -1,12 +1,18 @@
 """The postback log's Redis side: one entry per /data_writing request, in sharded streams.
 
-Workers (`workers/`) move entries into Postgres and delete them only after the commit.
+Workers (`workers/`, `calltags.sink`) move entries into Postgres and delete them only
+after the commit. While more than CALLTAGS_LOG_MAX_BACKLOG entries wait, the web process
+refuses postbacks (503) instead of accepting them: `PostbackLog.watch` measures the
+backlog in the background, so the hot path only reads a flag.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -14,7 +20,7 @@ from redis.exceptions import RedisError
 
 from calltags.errors import StoreUnavailable
 from calltags.keys import KeySpace
-from calltags.store import RedisClient
+from calltags.store import RedisClient, now_ms
 
 # Caps on what a rejected request may put in the log, so junk cannot flood it.
 MAX_TEXT = 256  # chars of the raw caller number, user agent, call_uuid, tag names
@@ -53,8 +59,11 @@ def make_entry(
     remote_addr: str | None,
     user_agent: str | None,
     latency_us: int,
+    call: bytes | None = None,
 ) -> dict[str, Any]:
-    return {
+    """The entry; `call` is the JSON of the call the post applied tags to, which the
+    workers turn into the call's record."""
+    entry = {
         "id": str(uuid.uuid4()),
         "received_at": received_ms,
         "method": method,
@@ -72,13 +81,49 @@ def make_entry(
         "user_agent": _cap(user_agent),
         "latency_us": latency_us,
     }
+    if call is not None:
+        entry["call"] = orjson.Fragment(call)  # embedded as JSON, not re-encoded
+    return entry
+
+
+def stream_id_ms(entry_id: bytes | str) -> int:
+    """The time a stream entry was added, from its ID ("1700000000000-0"), ms."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.partition("-")[0])
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What waits in Redis for the workers, as last measured."""
+
+    postbacks: int = 0  # entries in the postback log shards
+    calls: int = 0  # call snapshots in the call log shards
+    oldest_ms: int | None = None  # when the oldest waiting entry was added, epoch ms
+    measured_ms: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.postbacks + self.calls
+
+    def oldest_age_seconds(self, at_ms: int | None = None) -> float:
+        if self.oldest_ms is None:
+            return 0.0
+        return max(0, (now_ms() if at_ms is None else at_ms) - self.oldest_ms) / 1000
 
 
 class PostbackLog:
-    def __init__(self, redis: RedisClient, keys: KeySpace):
+    def __init__(self, redis: RedisClient, keys: KeySpace, max_backlog: int = 1_000_000):
         self.redis = redis
         self.keys = keys
+        self.max_backlog = max_backlog
+        self.last = Backlog()
+        self.refused = 0  # postbacks refused because the backlog was full
         self._shards = itertools.cycle(keys.log_shards_all())
+
+    @property
+    def full(self) -> bool:
+        """True while the last measured backlog is at CALLTAGS_LOG_MAX_BACKLOG or above."""
+        return self.last.total >= self.max_backlog
 
     async def append(self, entry: dict[str, Any]) -> None:
         """Add one entry; StoreUnavailable if Redis did not take it."""
@@ -97,3 +142,33 @@ class PostbackLog:
         except RedisError as exc:
             raise StoreUnavailable(str(exc)) from exc
         return sum(lengths)
+
+    async def measure(self) -> Backlog:
+        """Length and oldest entry of every postback and call log shard, one round trip."""
+        postback_shards = self.keys.log_shards_all()
+        streams = postback_shards + self.keys.call_log_shards_all()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream in streams:
+                    pipe.xlen(stream)
+                    pipe.xrange(stream, count=1)
+                replies: list[Any] = await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        lengths: list[int] = replies[0::2]
+        firsts = [stream_id_ms(first[0][0]) for first in replies[1::2] if first]
+        split = len(postback_shards)
+        return Backlog(
+            postbacks=sum(lengths[:split]),
+            calls=sum(lengths[split:]),
+            oldest_ms=min(firsts) if firsts else None,
+            measured_ms=now_ms(),
+        )
+
+    async def watch(self, interval: float) -> None:
+        """Measure the backlog every `interval` seconds, for `full`, /readyz and /metrics."""
+        while True:
+            # While Redis is down, appends fail (503) anyway: keep the last measure.
+            with contextlib.suppress(StoreUnavailable):
+                self.last = await self.measure()
+            await asyncio.sleep(interval)

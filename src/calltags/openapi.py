@@ -94,6 +94,44 @@ _CALL_UUID_PATH = [
 ]
 _ID_PATH = {"in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
 
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+_TIME = {"type": "string", "format": "date-time"}
+_PAGING = [
+    _query(
+        "limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "page size"
+    ),
+    _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
+]
+_LISTING_CALLER = _query("caller_number", {"type": "string"}, "any number format")
+
+
+def _page_of(schema: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "properties": {
+            "items": {"type": "array", "items": {"$ref": f"#/components/schemas/{schema}"}},
+            "next_cursor": {"type": ["string", "null"], "description": "null on the last page"},
+        },
+    }
+
+
+_LOG_PAGE_FILTERS = (
+    "publisher_id", "key_id", "caller_number", "status", "since", "until", "cursor",
+)  # fmt: skip
+_HTML = {"description": "an HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
+_REDIRECT = {"description": "redirect (303)"}
+
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "calltags", "version": __version__},
@@ -225,6 +263,77 @@ SPEC: dict[str, Any] = {
                 },
             },
         },
+        "/admin/postbacks": {
+            "get": {
+                "summary": "The postback log, newest first",
+                "security": _SECURED_ADMIN,
+                "parameters": [
+                    _query("publisher_id", {"type": "integer"}, "publisher of the key"),
+                    _query("key_id", {"type": "integer"}, "postback key"),
+                    _LISTING_CALLER,
+                    _query(
+                        "status",
+                        {"type": "string"},
+                        "accepted, rejected, a status string or an error code",
+                    ),
+                    _query("since", _TIME, "received at or after (ISO 8601; UTC if no offset)"),
+                    _query("until", _TIME, "received before (ISO 8601; UTC if no offset)"),
+                    *_PAGING,
+                ],
+                "responses": {**_ok(200, _page_of("PostbackLogEntry")), **_errors(401, 422, 503)},
+            }
+        },
+        "/admin/calls": {
+            "get": {
+                "summary": "Call records with their final tags, newest started first",
+                "security": _SECURED_ADMIN,
+                "parameters": [
+                    _LISTING_CALLER,
+                    _query("publisher_id", {"type": "string"}, "as given by routing"),
+                    _query("campaign", {"type": "string"}, "as given by routing"),
+                    _query("state", {"type": "string", "enum": ["in_progress", "completed"]}, ""),
+                    _query("since", _TIME, "started at or after"),
+                    _query("until", _TIME, "started before"),
+                    *_PAGING,
+                ],
+                "responses": {**_ok(200, _page_of("CallRecord")), **_errors(401, 422, 503)},
+            }
+        },
+        "/admin/log": {
+            "get": {
+                "summary": "The log page (HTML) for the account manager; redirects to sign-in",
+                "parameters": [
+                    _query(name, {"type": "string"}, "as in /admin/postbacks")
+                    for name in _LOG_PAGE_FILTERS
+                ],
+                "responses": {"200": _HTML, "303": _REDIRECT, "422": _HTML},
+            }
+        },
+        "/admin/login": {
+            "get": {"summary": "Sign-in form of the log page", "responses": {"200": _HTML}},
+            "post": {
+                "summary": "Sign in with the admin token: sets the session cookie",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["token"],
+                                "properties": {"token": {"type": "string"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {"303": _REDIRECT, "401": _HTML},
+            },
+        },
+        "/admin/logout": {
+            "post": {
+                "summary": "Sign out: clears the session cookie",
+                "responses": {"303": _REDIRECT},
+            }
+        },
         "/healthz": {"get": {"summary": "Liveness", "responses": _ok(200, {"type": "object"})}},
         "/readyz": {
             "get": {
@@ -232,6 +341,17 @@ SPEC: dict[str, Any] = {
                 "responses": {
                     **_ok(200, {"type": "object"}),
                     "503": {"description": "a store is unreachable"},
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics: postback log backlog, its oldest entry's age",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
                 },
             }
         },
@@ -316,6 +436,45 @@ SPEC: dict[str, Any] = {
                     "ended_at": {"type": "string", "format": "date-time"},
                     "publisher_id": {"type": ["string", "null"]},
                     "campaign": {"type": ["string", "null"]},
+                },
+            },
+            "PostbackLogEntry": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string", "format": "uuid"},
+                    "received_at": _TIME,
+                    "method": {"type": "string"},
+                    "publisher_id": {"type": ["integer", "null"]},
+                    "key_id": {"type": ["integer", "null"]},
+                    "key_prefix": {
+                        "type": ["string", "null"],
+                        "description": "first characters of an unknown key",
+                    },
+                    "caller_raw": {"type": ["string", "null"]},
+                    "caller_number": {"type": ["string", "null"]},
+                    "call_uuid": {"type": ["string", "null"]},
+                    "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "status": {"type": ["string", "null"]},
+                    "error": {"type": ["string", "null"]},
+                    "http_status": {"type": "integer"},
+                    "remote_addr": {"type": ["string", "null"]},
+                    "user_agent": {"type": ["string", "null"]},
+                    "latency_us": {"type": ["integer", "null"]},
+                },
+            },
+            "CallRecord": {
+                "type": "object",
+                "properties": {
+                    "call_uuid": {"type": "string"},
+                    "caller_number": {"type": "string"},
+                    "state": {"type": "string", "enum": ["in_progress", "completed"]},
+                    "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "tag_sources": {"type": "object"},
+                    "started_at": _TIME,
+                    "ended_at": {"type": ["string", "null"], "format": "date-time"},
+                    "publisher_id": {"type": ["string", "null"]},
+                    "campaign": {"type": ["string", "null"]},
+                    "updated_at": _TIME,
                 },
             },
             "Publisher": {

@@ -113,7 +113,9 @@ def _tags(params: dict[str, str]) -> dict[str, str]:
 class _Outcome:
     """What one request did, for the log entry written whatever happened."""
 
-    __slots__ = ("call_uuid", "caller_number", "caller_raw", "key", "params", "secret", "tags")
+    __slots__ = (
+        "call_json", "call_uuid", "caller_number", "caller_raw", "key", "params", "secret", "tags",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.params: dict[str, str] = {}
@@ -123,6 +125,7 @@ class _Outcome:
         self.caller_number: str | None = None
         self.call_uuid: str | None = None
         self.tags: dict[str, str] | None = None
+        self.call_json: bytes | None = None
 
 
 async def _handle(request: Request, svc: Services, out: _Outcome) -> dict[str, Any]:
@@ -144,6 +147,7 @@ async def _handle(request: Request, svc: Services, out: _Outcome) -> dict[str, A
         raise errors.missing_caller()
     region = svc.settings.default_region
     caller = phone.normalize(caller_raw, region) if caller_raw is not None else None
+    out.caller_number = caller  # logged with a later rejection too, so filters find it
     out.tags = tags = _tags(params)
     if call_uuid is not None:
         found = await svc.store.caller_of(call_uuid) if CALL_UUID.fullmatch(call_uuid) else None
@@ -168,6 +172,7 @@ async def _handle(request: Request, svc: Services, out: _Outcome) -> dict[str, A
     if result.call_uuid is not None:
         body["call_uuid"] = result.call_uuid
         out.call_uuid = result.call_uuid
+        out.call_json = result.call_json
     if result.expires_at_ms is not None:
         body["expires_at"] = iso_ms(result.expires_at_ms)
     return body
@@ -176,9 +181,12 @@ async def _handle(request: Request, svc: Services, out: _Outcome) -> dict[str, A
 async def data_writing(request: Request) -> Response:
     if request.method == "OPTIONS":  # not a CORS preflight, which the middleware answers
         return Response(status_code=204, headers={"Allow": "GET, POST, OPTIONS"})
+    svc = services(request)
+    if svc.log.full:  # refused before any write; not logged: the log is what is full
+        svc.log.refused += 1
+        return error_response(errors.unavailable("the postback log is full, retry shortly"))
     started = time.perf_counter_ns()
     received = now_ms()
-    svc = services(request)
     out = _Outcome()
     body: dict[str, Any] | None = None
     failure: ApiError | None = None
@@ -207,6 +215,7 @@ async def data_writing(request: Request) -> Response:
         remote_addr=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent"),
         latency_us=(time.perf_counter_ns() - started) // 1000,
+        call=out.call_json,
     )
     try:
         await svc.log.append(entry)

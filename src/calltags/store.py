@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,6 +23,7 @@ STATUS_STORED = "call not found, tags stored"
 STATUS_LIVE = "call in progress, tags applied"
 STATUS_COMPLETED = "completed call found, tags applied"
 _POSTBACK_STATUS = {0: STATUS_STORED, 1: STATUS_LIVE, 2: STATUS_COMPLETED}
+SNAPSHOT_FIELD = b"c"  # the field of a call snapshot (the call's JSON) in {prefix}calllog:{N}
 
 
 def _load_script(name: str) -> str:
@@ -50,6 +52,7 @@ class Call:
     campaign: str | None
     tags: dict[str, str]
     sources: dict[str, TagSource] = field(default_factory=dict)
+    version: int = 0  # counts the call's writes: of two snapshots the higher is newer
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class PostbackResult:
     status: str
     call_uuid: str | None = None
     expires_at_ms: int | None = None
+    call_json: bytes | None = None  # the call the tags were applied to, as now stored
 
 
 class CallNotFound(Exception):
@@ -74,7 +78,11 @@ def decode_tag(raw: str) -> tuple[str, TagSource]:
 
 
 def decode_call(raw: bytes | str) -> Call:
-    doc: dict[str, Any] = orjson.loads(raw)
+    return call_from_doc(orjson.loads(raw))
+
+
+def call_from_doc(doc: dict[str, Any]) -> Call:
+    """A call from its parsed JSON (the format is in lua/connect-2.lua)."""
     tags: dict[str, str] = {}
     sources: dict[str, TagSource] = {}
     for name, packed in doc["t"].items():
@@ -90,6 +98,7 @@ def decode_call(raw: bytes | str) -> Call:
         campaign=doc.get("c") or None,
         tags=tags,
         sources=sources,
+        version=int(doc.get("v") or 0),
     )
 
 
@@ -103,6 +112,7 @@ class Store:
         self._postback: AsyncScript = redis.register_script(_load_script("postback-2.lua"))
         self._connect: AsyncScript = redis.register_script(_load_script("connect-2.lua"))
         self._end: AsyncScript = redis.register_script(_load_script("end-1.lua"))
+        self._snapshot_shards = itertools.cycle(keys.call_log_shards_all())
 
     async def write_tags(
         self,
@@ -132,7 +142,7 @@ class Store:
             args.append(name)
             args.append(encode_tag(value, publisher_id, key_id, now))
         try:
-            code, detail = await self._postback(
+            code, detail, *call_json = await self._postback(
                 keys=[self.keys.pending(caller), self.keys.calls(caller)], args=args
             )
         except RedisError as exc:
@@ -141,7 +151,11 @@ class Store:
             raise CallNotFound(call_uuid)
         if code == 0:
             return PostbackResult(STATUS_STORED, expires_at_ms=int(detail))
-        return PostbackResult(_POSTBACK_STATUS[code], call_uuid=detail.decode())
+        return PostbackResult(
+            _POSTBACK_STATUS[code],
+            call_uuid=detail.decode(),
+            call_json=call_json[0] if call_json else None,
+        )
 
     async def connect(
         self,
@@ -170,6 +184,7 @@ class Store:
                 _, (code, raw) = await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(str(exc)) from exc
+        await self._record(raw)
         return decode_call(raw), code == 0
 
     async def caller_of(self, call_uuid: str) -> str | None:
@@ -209,4 +224,16 @@ class Store:
             raise StoreUnavailable(str(exc)) from exc
         if code < 0:
             raise CallNotFound(call_uuid)
+        await self._record(raw)
         return decode_call(raw), code == 0
+
+    async def _record(self, call_json: bytes) -> None:
+        """Queue a call snapshot for the call records in Postgres (see workers/).
+
+        Also after a connect or end that changed nothing: a client retrying after a 503
+        here re-sends the snapshot, and the workers keep the highest version anyway.
+        """
+        try:
+            await self.redis.xadd(next(self._snapshot_shards), {SNAPSHOT_FIELD: call_json})
+        except RedisError as exc:
+            raise StoreUnavailable(str(exc)) from exc

@@ -19,7 +19,9 @@
 
   The call JSON: {"u": uuid, "n": caller, "s": "in_progress"|"completed",
   "b": started_ms, "e": ended_ms (once completed), "p": publisher_id, "c": campaign,
-  "t": {name: "publisher_id:key_id:set_at_ms|value"}}. Times are strings.
+  "t": {name: "publisher_id:key_id:set_at_ms|value"}, "v": version}. Times are strings.
+  "v" counts the writes of the call (1 at connect, +1 for each later change), so the
+  workers keep the newest snapshot of a call whatever order snapshots arrive in.
 ]]
 local uuid = ARGV[1]
 local now = ARGV[2]
@@ -40,7 +42,9 @@ if #pending > 0 then
 end
 
 -- cjson encodes an empty table as {}, which Python reads as an empty object.
-local call = {u = uuid, n = ARGV[4], s = 'in_progress', b = now, p = ARGV[5], c = ARGV[6], t = tags}
+local call = {
+  u = uuid, n = ARGV[4], s = 'in_progress', b = now, p = ARGV[5], c = ARGV[6], t = tags, v = 1,
+}
 local raw = cjson.encode(call)
 redis.call('HSET', KEYS[2], uuid, raw, '@live', uuid)
 redis.call('PEXPIRE', KEYS[2], call_ttl_ms)

@@ -27,6 +27,7 @@ if call.s == 'completed' then
 end
 call.s = 'completed'
 call.e = now
+call.v = (call.v or 0) + 1
 raw = cjson.encode(call)
 redis.call('HSET', KEYS[1], uuid, raw, '@last', uuid)
 

@@ -15,8 +15,8 @@
 
   Output:
     {0, expires_at_ms}  no live call, none ended inside the cut-off: tags pending
-    {1, call_uuid}      applied to the live call
-    {2, call_uuid}      applied to the completed call inside the cut-off
+    {1, call_uuid, call_json}  applied to the live call; the call as now stored
+    {2, call_uuid, call_json}  applied to the completed call inside the cut-off
     {-1, ""}            ARGV[5] names no call of this caller
 ]]
 local now = tonumber(ARGV[1])
@@ -25,15 +25,20 @@ local storage_ms = tonumber(ARGV[3])
 local call_ttl_ms = tonumber(ARGV[4])
 local target = ARGV[5]
 
+-- The call's JSON after the tags are written (see connect-2.lua for its format).
 local function apply(uuid, call)
   for i = 6, #ARGV, 2 do
     call.t[ARGV[i]] = ARGV[i + 1]
   end
-  redis.call('HSET', KEYS[2], uuid, cjson.encode(call))
+  call.v = (call.v or 0) + 1
+  local raw = cjson.encode(call)
+  redis.call('HSET', KEYS[2], uuid, raw)
   redis.call('PEXPIRE', KEYS[2], call_ttl_ms)
+  return raw
 end
 
--- 1 or 2 when the call took the tags, 0 when it ended too long ago, nil when unknown.
+-- (1 or 2, call_json) when the call took the tags, 0 when it ended too long ago,
+-- nil when unknown.
 local function try_call(uuid)
   local raw = redis.call('HGET', KEYS[2], uuid)
   if not raw then
@@ -41,32 +46,30 @@ local function try_call(uuid)
   end
   local call = cjson.decode(raw)
   if call.s == 'in_progress' then
-    apply(uuid, call)
-    return 1
+    return 1, apply(uuid, call)
   end
   if now - tonumber(call.e) < cutoff_ms then
-    apply(uuid, call)
-    return 2
+    return 2, apply(uuid, call)
   end
   return 0
 end
 
-local outcome
+local outcome, call_json
 if target ~= '' then
-  outcome = try_call(target)
+  outcome, call_json = try_call(target)
   if outcome == nil then
     return {-1, ''}
   end
   if outcome > 0 then
-    return {outcome, target}
+    return {outcome, target, call_json}
   end
 else
   local pointers = redis.call('HMGET', KEYS[2], '@live', '@last')
   for _, uuid in ipairs(pointers) do
     if uuid then
-      outcome = try_call(uuid)
+      outcome, call_json = try_call(uuid)
       if outcome and outcome > 0 then
-        return {outcome, uuid}
+        return {outcome, uuid, call_json}
       end
     end
   end

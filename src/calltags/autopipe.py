@@ -1,0 +1,75 @@
+"""Auto-pipelining: commands issued in one event-loop turn go to Redis as one pipeline.
+
+Under load many requests wait on Redis at once; sending their commands together costs
+one round trip and one connection checkout for all of them instead of one each. Every
+command keeps its own meaning (a Lua script still runs atomically on its own); only the
+transport is shared. Scripts are called by SHA and loaded again if Redis lost them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
+
+_Pending = list[tuple[tuple[Any, ...], "asyncio.Future[Any]"]]
+
+
+class AutoPipeline:
+    def __init__(self, redis: Redis, scripts: list[AsyncScript]):
+        self._redis = redis
+        self._scripts = scripts
+        self._pending: _Pending = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def execute(self, *args: Any) -> asyncio.Future[Any]:
+        """Queue one command; its reply (or error) arrives through the future."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((args, future))
+        return future
+
+    def evalsha(self, script: AsyncScript, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._run(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: _Pending) -> None:
+        try:
+            replies = await self._send([args for args, _ in batch])
+            missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                # A restarted or flushed Redis forgot the scripts: load them, run those again.
+                for script in self._scripts:
+                    await self._redis.script_load(script.script)
+                again = await self._send([batch[n][0] for n in missing])
+                for n, reply in zip(missing, again, strict=True):
+                    replies[n] = reply
+        except (RedisError, OSError) as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done():  # the request went away meanwhile
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for args in commands:
+            pipe.execute_command(*args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies

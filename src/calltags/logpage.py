@@ -1,0 +1,189 @@
+"""The account manager's log page: /admin/log, server-rendered, behind the admin token.
+
+/admin/login takes the admin token once and sets a session cookie (Secure, HttpOnly,
+SameSite=Strict) holding an expiry and an HMAC keyed from the token, never the token;
+changing CALLTAGS_ADMIN_TOKEN ends every session. A Bearer header works too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import asyncpg
+import jinja2
+import orjson
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+
+from calltags import errors
+from calltags.errors import ApiError, StoreUnavailable
+from calltags.http import read_body, require_bearer
+from calltags.listings import POSTBACK_FILTERS, STATUS_GROUPS, STATUSES, postbacks_page
+from calltags.services import Services, services
+
+SESSION_COOKIE = "calltags_session"
+SESSION_SECONDS = 12 * 3600  # 12 h
+PAGE_LIMIT = "50"  # entries a page shows unless the URL asks otherwise
+LOGIN_BODY_LIMIT = 8192  # bytes of a login form
+# Offered in the status filter; any other error code can be typed into the URL.
+ERROR_CODES = (
+    "missing_key", "invalid_key", "key_paused", "missing_caller", "invalid_caller_number",
+    "no_tags", "invalid_tag", "too_many_tags", "call_not_found", "payload_too_large",
+    "invalid_body", "rate_limited", "unavailable",
+)  # fmt: skip
+_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
+    ),
+}
+
+templates = Jinja2Templates(
+    env=jinja2.Environment(
+        loader=jinja2.PackageLoader("calltags", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+)
+
+
+def _session_key(token: str) -> bytes:
+    return hmac.new(token.encode(), b"calltags log page session", hashlib.sha256).digest()
+
+
+def new_session(token: str, now: float | None = None) -> str:
+    """`expires.nonce.signature`: valid until `expires`, for this admin token only."""
+    expires = int(time.time() if now is None else now) + SESSION_SECONDS
+    payload = f"{expires}.{secrets.token_urlsafe(12)}"
+    signature = hmac.new(_session_key(token), payload.encode(), hashlib.sha256).hexdigest()
+    return f"{payload}.{signature}"
+
+
+def valid_session(token: str, value: str, now: float | None = None) -> bool:
+    payload, _, signature = value.rpartition(".")
+    expires, _, _ = payload.partition(".")
+    expected = hmac.new(_session_key(token), payload.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(signature.encode(), expected.encode()):
+        return False
+    return expires.isdigit() and int(expires) > (time.time() if now is None else now)
+
+
+def _token(svc: Services) -> str | None:
+    token = svc.settings.admin_token
+    return str(token) if token else None
+
+
+def _signed_in(request: Request, svc: Services) -> bool:
+    token = _token(svc)
+    if token is None:
+        return False
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie is not None and valid_session(token, cookie):
+        return True
+    if "authorization" in request.headers:
+        try:
+            require_bearer(request, (token,))
+        except ApiError:
+            return False
+        return True
+    return False
+
+
+def _render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+    return templates.TemplateResponse(request, name, context, status_code=status, headers=_HEADERS)
+
+
+async def login_form(request: Request) -> Response:
+    svc = services(request)
+    if _signed_in(request, svc):
+        return RedirectResponse("/admin/log", status_code=303)
+    return _render(request, "login.html", {"message": None})
+
+
+async def login(request: Request) -> Response:
+    svc = services(request)
+    token = _token(svc)
+    form = dict(parse_qsl((await read_body(request, LOGIN_BODY_LIMIT)).decode("utf-8", "replace")))
+    given = form.get("token", "").strip()
+    if token is None or not hmac.compare_digest(given.encode(), token.encode()):
+        return _render(request, "login.html", {"message": "That token is not valid."}, 401)
+    response = RedirectResponse("/admin/log", status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        new_session(token),
+        max_age=SESSION_SECONDS,
+        path="/admin",
+        secure=True,
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+async def logout(request: Request) -> Response:
+    response = RedirectResponse("/admin/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/admin", secure=True, httponly=True)
+    return response
+
+
+def _entry_view(item: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **item,
+        "outcome": item["status"] or item["error"] or "",
+        "accepted": item["error"] is None,
+        "tag_text": ", ".join(f"{k}={v}" for k, v in item["tags"].items()),
+        "payload": orjson.dumps(item, option=orjson.OPT_INDENT_2).decode(),
+    }
+
+
+async def log_page(request: Request) -> Response:
+    svc = services(request)
+    if not _signed_in(request, svc):
+        return RedirectResponse("/admin/login", status_code=303)
+    filters = {
+        name: value.strip()
+        for name, value in request.query_params.items()
+        if name in POSTBACK_FILTERS and value.strip()
+    }
+    query = {"limit": PAGE_LIMIT, **filters}
+    entries: list[dict[str, Any]] = []
+    next_url = None
+    message = None
+    status = 200
+    try:
+        page = await postbacks_page(svc.pool, query, svc.settings.default_region)
+        entries = [_entry_view(item) for item in page.items]
+        if page.next_cursor is not None:
+            next_url = "/admin/log?" + urlencode({**filters, "cursor": page.next_cursor})
+    except ApiError as exc:
+        message, status = exc.message, exc.status
+    except StoreUnavailable:
+        error = errors.unavailable("Postgres is unavailable, retry shortly")
+        message, status = error.message, error.status
+    try:
+        publishers = await svc.publishers.list_publishers()
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        publishers = []  # the publisher filter is then a bare id field
+    backlog = svc.log.last
+    context = {
+        "entries": entries,
+        "filters": filters,
+        "next_url": next_url,
+        "first_page": "cursor" not in filters,
+        "newest_url": "/admin/log?"
+        + urlencode({k: v for k, v in filters.items() if k != "cursor"}),
+        "message": message,
+        "publishers": publishers,
+        "statuses": [*STATUS_GROUPS, *STATUSES, *ERROR_CODES],
+        "backlog": backlog.total,
+        "lag_seconds": round(backlog.oldest_age_seconds(), 1),
+    }
+    return _render(request, "log.html", context, status)

@@ -1,0 +1,490 @@
+"""The postback log's Postgres side: entries and call snapshots move from the Redis
+streams into Postgres in batches.
+
+A worker process runs one `Sink`: a task per stream (the postback log shards and the
+call log shards), each reading through the consumer group SINK_GROUP, so any number of
+worker processes share the shards and each shard is flushed in parallel with the
+others. A batch is COPYed into a temp table, then inserted with ON CONFLICT DO NOTHING
+on the entry id (call records: replaced only by a higher version), and acknowledged
+and deleted in Redis only after the commit: a batch delivered twice adds no row.
+Entries a dead worker read and never acknowledged are taken over (XAUTOCLAIM) once
+idle for `claim_idle_ms`. While Postgres or Redis cannot be reached the batch is
+retried with back-off, and stays in Redis until it is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import re
+import secrets
+import socket
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from importlib import resources
+from typing import Any, TypeAlias
+
+import asyncpg
+import orjson
+from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
+
+from calltags.calls import call_json
+from calltags.keys import SINK_GROUP, KeySpace
+from calltags.log import ENTRY_FIELD, MAX_TAG_VALUE, stream_id_ms
+from calltags.store import SNAPSHOT_FIELD, RedisClient, call_from_doc
+
+log = logging.getLogger("calltags.sink")
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+DAY_MS = 86_400_000  # 1 day in ms
+BLOCK_MS = 1000  # a read waits this long for new entries; also the longest stop delay, ms
+PARTITION_DAYS_AHEAD = 3  # day partitions of the postback log kept ready beyond today
+CONSUMER_MAX_IDLE_MS = DAY_MS  # a consumer idle this long with nothing pending is removed
+BACKOFF_FIRST = 0.1  # s before the first retry; doubles up to `max_backoff`
+
+# A stream entry as redis-py returns it: (id, fields), fields None once deleted.
+Entry: TypeAlias = tuple[bytes, dict[bytes, bytes] | None]
+Row: TypeAlias = tuple[Any, ...]
+
+POSTBACK_COLUMNS = (
+    "received_at", "id", "method", "publisher_id", "key_id", "key_prefix", "caller_raw",
+    "caller_number", "call_uuid", "tags", "status", "error", "http_status", "remote_addr",
+    "user_agent", "latency_us",
+)  # fmt: skip
+CALL_COLUMNS = (
+    "call_uuid", "caller_number", "publisher_id", "campaign", "state", "started_at",
+    "ended_at", "tags", "tag_sources", "version", "updated_at",
+)  # fmt: skip
+
+_STAGE_TABLES = (
+    "CREATE TEMP TABLE IF NOT EXISTS postbacks_stage (LIKE postbacks) ON COMMIT DELETE ROWS;"
+    "CREATE TEMP TABLE IF NOT EXISTS calls_stage (LIKE calls) ON COMMIT DELETE ROWS;"
+)
+_POSTBACK_LIST = ", ".join(POSTBACK_COLUMNS)
+_INSERT_POSTBACKS = (
+    f"INSERT INTO postbacks ({_POSTBACK_LIST}) SELECT {_POSTBACK_LIST} FROM postbacks_stage"
+    " ON CONFLICT DO NOTHING"
+)
+_CALL_LIST = ", ".join(CALL_COLUMNS)
+# One snapshot per call (the newest); inserted in call_uuid order so that concurrent
+# workers lock rows in the same order. An older or repeated snapshot changes nothing.
+_UPSERT_CALLS = (
+    f"INSERT INTO calls AS c ({_CALL_LIST})"
+    f" SELECT DISTINCT ON (call_uuid) {_CALL_LIST} FROM calls_stage"
+    " ORDER BY call_uuid, started_at DESC, version DESC"
+    " ON CONFLICT (call_uuid) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in CALL_COLUMNS[1:])
+    + " WHERE (c.started_at, c.version) < (EXCLUDED.started_at, EXCLUDED.version)"
+)
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+class _Stopped(Exception):
+    """The sink was asked to stop while a batch waited: it stays pending in Redis."""
+
+
+def _ts(ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=ms)
+
+
+def _clean(value: Any) -> Any:
+    """`value` with NUL characters replaced: Postgres text and jsonb refuse them."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _loads(raw: bytes | None) -> Any:
+    if raw is None:
+        raise ValueError("the entry has no payload")
+    doc = orjson.loads(raw)
+    return _clean(doc) if b"\\u0000" in raw else doc
+
+
+def _uuid(text: str) -> str:
+    """The entry id, checked here so that a bad one cannot fail the whole COPY."""
+    if not _UUID.fullmatch(text):
+        raise ValueError(f"not a UUID: {text!r}")
+    return text
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def postback_row(entry: dict[str, Any]) -> Row:
+    """A `postbacks` row (POSTBACK_COLUMNS) from a log entry made by log.make_entry."""
+    return (
+        _ts(int(entry["received_at"])),
+        _uuid(entry["id"]),
+        str(entry["method"]),
+        entry.get("publisher_id"),
+        entry.get("key_id"),
+        entry.get("key_prefix"),
+        entry.get("caller_raw"),
+        entry.get("caller_number"),
+        entry.get("call_uuid"),
+        _json(entry.get("tags") or {}),
+        entry.get("status"),
+        entry.get("error"),
+        int(entry["http_status"]),
+        entry.get("remote_addr"),
+        entry.get("user_agent"),
+        entry.get("latency_us"),
+    )
+
+
+def undecodable_row(stream: str, entry_id: bytes, raw: bytes | None) -> Row:
+    """A row standing for an entry that cannot be read, so that it is kept, not lost."""
+    text = raw.decode("utf-8", "replace")[:MAX_TAG_VALUE] if raw is not None else ""
+    return (
+        _ts(stream_id_ms(entry_id)),
+        uuid.uuid5(uuid.NAMESPACE_URL, f"{stream}/{entry_id.decode()}"),
+        "?",
+        *(None,) * 6,
+        _json({"raw": _clean(text)}),
+        None,
+        "undecodable_entry",
+        0,
+        *(None,) * 3,
+    )
+
+
+def call_row(doc: dict[str, Any]) -> Row:
+    """A `calls` row (CALL_COLUMNS) from a call's JSON as the Lua scripts store it."""
+    call = call_from_doc(doc)
+    changed = [call.started_ms, call.ended_ms or 0, *(s.set_at_ms for s in call.sources.values())]
+    return (
+        call.call_uuid,
+        call.caller_number,
+        call.publisher_id,
+        call.campaign,
+        call.state,
+        _ts(call.started_ms),
+        _ts(call.ended_ms) if call.ended_ms is not None else None,
+        _json(call.tags),
+        _json(call_json(call)["tag_sources"]),
+        call.version,
+        _ts(max(changed)),
+    )
+
+
+def utc_today() -> date:
+    return datetime.now(UTC).date()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.execute(_STAGE_TABLES)
+
+
+async def create_sink_pool(dsn: str, max_size: int = 4) -> asyncpg.Pool:
+    """A pool that opens connections when first needed, so that a worker starts (and
+    waits, retrying) while Postgres is still unreachable."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn,
+        min_size=0,
+        max_size=max_size,
+        init=_init_connection,
+        timeout=10,  # s to connect
+        command_timeout=60,  # s per statement
+    )
+    return pool
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class Counters:
+    batches: int = 0
+    rows: int = 0
+    calls: int = 0
+    claimed: int = 0
+    retries: int = 0
+
+
+class Backoff:
+    def __init__(self, first: float, most: float):
+        self.first = first
+        self.most = most
+        self.next_delay = first
+
+    def reset(self) -> None:
+        self.next_delay = self.first
+
+    def take(self) -> float:
+        delay = self.next_delay
+        self.next_delay = min(self.most, delay * 2)
+        return delay * random.uniform(0.75, 1.0)
+
+
+class Sink:
+    def __init__(
+        self,
+        redis: RedisClient,
+        pool: asyncpg.Pool,
+        keys: KeySpace,
+        *,
+        batch: int = 1000,
+        claim_idle_ms: int = 60_000,
+        max_backoff: float = 5.0,
+        consumer: str | None = None,
+    ):
+        self.redis = redis
+        self.pool = pool
+        self.keys = keys
+        self.batch = batch
+        self.claim_idle_ms = claim_idle_ms
+        self.max_backoff = max_backoff
+        self.consumer = consumer or consumer_name()
+        self.counters = Counters()
+        self._postback_streams = frozenset(keys.log_shards_all())
+        self._claim_cursor: dict[str, bytes] = {}
+        self._claim_due: dict[str, float] = {}
+        self._days: set[date] = set()
+        self._ack: AsyncScript = redis.register_script(
+            resources.files("calltags").joinpath("lua", "ack-1.lua").read_text(encoding="utf-8")
+        )
+
+    @property
+    def streams(self) -> list[str]:
+        return self.keys.log_shards_all() + self.keys.call_log_shards_all()
+
+    # -- the worker loop ---------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush every stream until `stop` is set; a batch in hand is finished first."""
+        await asyncio.gather(*(self._run_stream(stream, stop) for stream in self.streams))
+
+    async def _run_stream(self, stream: str, stop: asyncio.Event) -> None:
+        backoff = Backoff(BACKOFF_FIRST, self.max_backoff)
+        while not stop.is_set():
+            try:
+                await self.flush_once(stream, block_ms=BLOCK_MS, stop=stop)
+                backoff.reset()
+            except _Stopped:
+                return
+            except Exception:  # a worker must outlive any failure: log it, wait, go on
+                log.exception("flushing %s failed, retrying", stream)
+                self.counters.retries += 1
+                await _sleep_unless(stop, backoff.take())
+
+    async def flush_once(
+        self, stream: str, *, block_ms: int | None = None, stop: asyncio.Event | None = None
+    ) -> int:
+        """Move one batch of `stream` into Postgres; how many entries it held (0: none
+        waiting). Entries idle in a dead consumer come first, then new ones."""
+        batch = await self._claim(stream)
+        if not batch:
+            batch = await self._read(stream, block_ms)
+        if not batch:
+            return 0
+        await self._store(stream, batch, stop)
+        return len(batch)
+
+    async def drain(self) -> int:
+        """Flush every stream until none has anything new; how many entries moved.
+
+        For tests and benchmarks: entries pending in another consumer are left to it
+        (or to a claim once they are idle).
+        """
+
+        async def one(stream: str) -> int:
+            moved = 0
+            while done := await self.flush_once(stream):
+                moved += done
+            return moved
+
+        return sum(await asyncio.gather(*(one(s) for s in self.streams)))
+
+    # -- Redis side ----------------------------------------------------------------------
+
+    async def ensure_groups(self, streams: Iterable[str] | None = None) -> None:
+        for stream in self.streams if streams is None else streams:
+            try:
+                await self.redis.xgroup_create(stream, SINK_GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def _read(self, stream: str, block_ms: int | None) -> list[Entry]:
+        for attempt in (1, 2):
+            try:
+                reply = await self.redis.xreadgroup(
+                    SINK_GROUP, self.consumer, {stream: ">"}, count=self.batch, block=block_ms
+                )
+                break
+            except ResponseError as exc:  # no group yet (first run, or Redis lost it)
+                if "NOGROUP" not in str(exc) or attempt == 2:
+                    raise
+                await self.ensure_groups([stream])
+        if not reply:
+            return []
+        entries: list[Entry] = reply[0][1]
+        return entries
+
+    async def _claim(self, stream: str) -> list[Entry]:
+        """Entries read by a consumer that went quiet for claim_idle_ms (it died)."""
+        now = time.monotonic()
+        if now < self._claim_due.get(stream, 0.0):
+            return []
+        cursor = self._claim_cursor.get(stream, b"0-0")
+        try:
+            reply = await self.redis.xautoclaim(
+                stream, SINK_GROUP, self.consumer, self.claim_idle_ms, cursor, count=self.batch
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_groups([stream])
+            return []
+        next_cursor: bytes = reply[0]
+        self._claim_cursor[stream] = next_cursor
+        if next_cursor in (b"0-0", "0-0"):  # scanned every pending entry: look again later
+            self._claim_due[stream] = now + self.claim_idle_ms / 2000
+        claimed = [(entry_id, fields) for entry_id, fields in reply[1] if entry_id is not None]
+        if claimed:
+            self.counters.claimed += len(claimed)
+            log.warning("took over %d idle entries of %s", len(claimed), stream)
+        return claimed
+
+    async def _acknowledge(self, stream: str, ids: list[bytes]) -> None:
+        await self._ack(keys=[stream], args=[SINK_GROUP, *ids])
+
+    # -- Postgres side -------------------------------------------------------------------
+
+    def _rows(self, stream: str, batch: list[Entry]) -> tuple[list[Row], list[Row]]:
+        """(postbacks rows, calls rows) of a batch of either kind of stream."""
+        postbacks: list[Row] = []
+        calls: list[Row] = []
+        is_log = stream in self._postback_streams
+        for entry_id, fields in batch:
+            raw = fields.get(ENTRY_FIELD if is_log else SNAPSHOT_FIELD) if fields else None
+            try:
+                doc = _loads(raw)
+            except ValueError:
+                doc = None
+            if is_log:
+                try:
+                    postbacks.append(postback_row(doc))
+                except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
+                    log.error("kept unreadable log entry %s %r as is", stream, entry_id)
+                    postbacks.append(undecodable_row(stream, entry_id, raw))
+                    continue
+                doc = doc.get("call")
+                if doc is None:
+                    continue
+            try:
+                calls.append(call_row(doc))
+            except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
+                log.error("dropped unreadable call snapshot in %s %r", stream, entry_id)
+        return postbacks, calls
+
+    async def _store(self, stream: str, batch: list[Entry], stop: asyncio.Event | None) -> None:
+        """Commit the batch's rows, then acknowledge it: retried until both are done."""
+        postbacks, calls = self._rows(stream, batch)
+        backoff = Backoff(BACKOFF_FIRST, self.max_backoff)
+        committed = False
+        while True:
+            try:
+                if not committed:
+                    await self._commit(postbacks, calls)
+                    committed = True
+                await self._acknowledge(stream, [entry_id for entry_id, _ in batch])
+                break
+            except Exception as exc:  # Postgres or Redis down: the batch waits, never dropped
+                self.counters.retries += 1
+                delay = backoff.take()
+                log.warning(
+                    "%s of %d entries of %s failed (%s: %s), retrying in %.1f s",
+                    "acknowledging" if committed else "committing",
+                    len(batch),
+                    stream,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                if stop is None:
+                    await asyncio.sleep(delay)
+                elif await _sleep_unless(stop, delay):
+                    raise _Stopped from exc
+        self.counters.batches += 1
+        self.counters.rows += len(postbacks)
+        self.counters.calls += len(calls)
+
+    async def _commit(self, postbacks: list[Row], calls: list[Row]) -> None:
+        async with self.pool.acquire() as conn:
+            new_days = {row[0].date() for row in postbacks} - self._days
+            for day in sorted(new_days):
+                await conn.fetchval("SELECT postbacks_ensure_partition($1)", day)
+                self._days.add(day)
+            async with conn.transaction():
+                if postbacks:
+                    await conn.copy_records_to_table(
+                        "postbacks_stage", records=postbacks, columns=POSTBACK_COLUMNS
+                    )
+                    await conn.execute(_INSERT_POSTBACKS)
+                if calls:
+                    await conn.copy_records_to_table(
+                        "calls_stage", records=calls, columns=CALL_COLUMNS
+                    )
+                    await conn.execute(_UPSERT_CALLS)
+
+    # -- maintenance (the workers' cron job) ---------------------------------------------
+
+    async def maintain(self, retention_days: int, today: date | None = None) -> dict[str, int]:
+        """Create the log's day partitions ahead, drop those past retention, and remove
+        consumers that are long gone; what was done."""
+        today = utc_today() if today is None else today
+        created = 0
+        async with self.pool.acquire() as conn:
+            for ahead in range(-1, PARTITION_DAYS_AHEAD + 1):
+                created += bool(
+                    await conn.fetchval(
+                        "SELECT postbacks_ensure_partition($1)", today + timedelta(days=ahead)
+                    )
+                )
+            dropped: int = await conn.fetchval(
+                "SELECT postbacks_drop_partitions($1)", today - timedelta(days=retention_days)
+            )
+        self._days.clear()  # dropped partitions must be made again if their day comes back
+        removed = await self._prune_consumers()
+        return {"created": created, "dropped": dropped, "consumers_removed": removed}
+
+    async def _prune_consumers(self) -> int:
+        removed = 0
+        for stream in self.streams:
+            try:
+                consumers = await self.redis.xinfo_consumers(stream, SINK_GROUP)
+            except ResponseError:  # no stream or group yet
+                continue
+            for consumer in consumers:
+                name = consumer["name"]
+                if name in (self.consumer, self.consumer.encode()):
+                    continue
+                if consumer["pending"] == 0 and consumer["idle"] >= CONSUMER_MAX_IDLE_MS:
+                    await self.redis.xgroup_delconsumer(stream, SINK_GROUP, name)
+                    removed += 1
+        return removed
+
+
+async def _sleep_unless(stop: asyncio.Event, delay: float) -> bool:
+    """Sleep `delay` s or until `stop` is set; True if it was set."""
+    try:
+        await asyncio.wait_for(stop.wait(), delay)
+    except TimeoutError:
+        return False
+    return True

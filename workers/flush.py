@@ -1,0 +1,85 @@
+"""The flush worker: `arq workers.flush.WorkerSettings` (the Procfile's `worker:`).
+
+Started with the worker, a loop moves the postback log and the call snapshots from the
+Redis streams into Postgres (`calltags.sink`); any number of these processes may run.
+An hourly cron job creates the log's day partitions ahead and drops those past
+CALLTAGS_LOG_RETENTION_DAYS. Jobs are safe to run twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from arq.connections import RedisSettings
+from arq.cron import CronJob, cron
+
+from calltags.app import redis_client
+from calltags.config import load_settings, require
+from calltags.keys import KeySpace
+from calltags.sink import Sink, create_sink_pool
+
+log = logging.getLogger("calltags.worker")
+
+STOP_TIMEOUT = 30.0  # s a stopping worker gives the batches in hand to commit
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    ours = logging.getLogger("calltags")
+    if not ours.handlers and not logging.getLogger().handlers:  # arq configures only its own
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s: %(message)s", "%H:%M:%S"))
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
+    settings = load_settings()
+    redis = redis_client(settings)
+    pool = await create_sink_pool(require(settings.database_url, "DATABASE_URL"))
+    sink = Sink(
+        redis,
+        pool,
+        KeySpace(settings.redis_prefix, settings.log_shards),
+        batch=settings.flush_batch,
+        claim_idle_ms=settings.flush_claim_idle_seconds * 1000,
+    )
+    stop = asyncio.Event()
+    ctx.update(settings=settings, sink=sink, stop=stop, redis_client=redis, pool=pool)
+    ctx["flusher"] = asyncio.create_task(sink.run(stop))
+    log.info("flushing %d streams as consumer %s", len(sink.streams), sink.consumer)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    if "stop" not in ctx:  # startup failed
+        return
+    ctx["stop"].set()
+    try:
+        await asyncio.wait_for(ctx["flusher"], STOP_TIMEOUT)
+    except TimeoutError:
+        log.warning("stopped with batches in hand; another worker takes them over")
+    sink: Sink = ctx["sink"]
+    log.info("flushed %s", sink.counters)
+    await ctx["pool"].close()
+    await ctx["redis_client"].aclose()
+
+
+async def maintain(ctx: dict[str, Any]) -> dict[str, int]:
+    """Day partitions of the postback log: create ahead, drop past retention."""
+    sink: Sink = ctx["sink"]
+    done = await sink.maintain(ctx["settings"].log_retention_days)
+    log.info("log maintenance: %s", done)
+    return done
+
+
+# arq reads its settings from this class when the module is imported, so the
+# environment is read here, once.
+_settings = load_settings()
+
+
+class WorkerSettings:
+    functions: tuple[()] = ()
+    cron_jobs: tuple[CronJob, ...] = (cron(maintain, minute={7}, run_at_startup=True),)
+    on_startup = startup
+    on_shutdown = shutdown
+    redis_settings = RedisSettings.from_dsn(require(_settings.redis_url, "REDIS_URL"))
+    # Under the key prefix, so deployments (and test runs) sharing a Redis stay apart.
+    queue_name = f"{_settings.redis_prefix}arq:queue"
