@@ -2,7 +2,8 @@
 
 1. Throughput: pre-fills N postback log entries in Redis, starts one worker and times
    it draining them into Postgres (from its first acknowledged batch to an empty
-   backlog), then prints rows/s.
+   backlog), then prints rows/s, and the CPU seconds the worker, its Postgres backends
+   and Redis spent in that window (when they run on this machine).
 2. Lag at steady load: appends entries at a fixed rate while that worker runs, samples
    the age of the oldest entry waiting in Redis (what /metrics exports as
    calltags_log_oldest_entry_age_seconds) and prints its median, p95 and maximum.
@@ -11,6 +12,9 @@ Redis and Postgres come from REDIS_URL / DATABASE_URL when set, embedded servers
 otherwise; the bench uses a database and key prefix of its own and removes them.
 
     .venv/bin/python -m bench.flush_bench [--entries 200000] [--rate 2000] [--seconds 20]
+        [--batch N] [--profile bench/results/flush.speedscope.json]
+
+`bench.run` calls `measure_flush` for `make bench`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -41,7 +46,9 @@ from calltags.log import ENTRY_FIELD, PostbackLog, make_entry
 from calltags.store import now_ms
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
 CHUNK = 5000  # entries a pipeline appends
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc/*/stat unit
 
 
 def entry(n: int) -> dict[str, Any]:
@@ -111,82 +118,149 @@ def worker(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait()
 
 
-async def run(args: argparse.Namespace, redis_url: str, server_url: str) -> dict[str, Any]:
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a local process, s; None if it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+class _CpuMeter:
+    """CPU seconds spent by the worker, its Postgres backends and Redis over a window."""
+
+    def __init__(self, worker_pid: int, admin: asyncpg.Connection, database: str, redis: Redis):
+        self.worker_pid = worker_pid
+        self.admin = admin
+        self.database = database
+        self.redis = redis
+        self.start: dict[str, float | None] = {}
+
+    async def _sample(self) -> dict[str, float | None]:
+        pids = [
+            row["pid"]
+            for row in await self.admin.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1", self.database
+            )
+        ]
+        backends = [_cpu_seconds(pid) for pid in pids]
+        info = await self.redis.info("cpu")
+        return {
+            "worker": _cpu_seconds(self.worker_pid),
+            "postgres": None if None in backends or not backends else sum(filter(None, backends)),
+            "redis": float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
+        }
+
+    async def begin(self) -> None:
+        self.start = await self._sample()
+
+    async def end(self) -> dict[str, float | None]:
+        """CPU s per process since `begin` (Redis: the whole server, whoever used it)."""
+        stop = await self._sample()
+        spent: dict[str, float | None] = {}
+        for name, first in self.start.items():
+            last = stop[name]
+            spent[name] = None if first is None or last is None else round(last - first, 2)
+        return spent
+
+
+@contextlib.contextmanager
+def _profiled(pid: int, path: Path | None) -> Iterator[None]:
+    """py-spy samples the worker while the block runs: a speedscope file if `path` ends
+    in .json, else collapsed stacks (one line a stack, for flamegraph.pl and grep)."""
+    if path is None:
+        yield
+        return
+    spy = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("py-spy")),
+            *("record", "--pid", str(pid), "--rate", "250", "--nonblocking"),
+            *("--format", "speedscope" if path.suffix == ".json" else "raw"),
+            *("--output", str(path)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C
+        spy.wait(timeout=60)
+
+
+async def _measure(
+    redis_url: str,
+    server_url: str,
+    entries: int,
+    shards: int,
+    batch: int | None,
+    rate: int,
+    seconds: float,
+    profile: Path | None,
+) -> dict[str, Any]:
     name = f"calltags_bench_{secrets.token_hex(4)}"
     prefix = f"ctbench:{secrets.token_hex(4)}:"
     admin = await asyncpg.connect(server_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     database_url = _database(server_url, name)
     redis = Redis.from_url(redis_url)
-    keys = KeySpace(prefix, args.shards)
+    keys = KeySpace(prefix, shards)
     log = PostbackLog(redis, keys)
     env = {
         **os.environ,
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
         "CALLTAGS_REDIS_PREFIX": prefix,
-        "CALLTAGS_LOG_SHARDS": str(args.shards),
-        "CALLTAGS_FLUSH_BATCH": str(args.batch),
+        "CALLTAGS_LOG_SHARDS": str(shards),
     }
+    if batch is not None:
+        env["CALLTAGS_FLUSH_BATCH"] = str(batch)
     try:
         await db.migrate(database_url)
-        print(f"pre-filling {args.entries} entries over {args.shards} shards ...", flush=True)
-        await append(redis, keys, 0, args.entries)
+        print(f"pre-filling {entries} entries over {shards} shards ...", flush=True)
+        await append(redis, keys, 0, entries)
 
-        with worker(env):
+        with worker(env) as proc:
             # 1. throughput: from the first batch acknowledged to an empty backlog.
-            while (backlog := (await log.measure()).postbacks) >= args.entries:
+            meter = _CpuMeter(proc.pid, admin, name, redis)
+            while (backlog := (await log.measure()).postbacks) >= entries:
                 await asyncio.sleep(0.005)
-            started, left = time.perf_counter(), backlog
-            while (await log.measure()).postbacks:
-                await asyncio.sleep(0.02)
-            seconds = time.perf_counter() - started
-            rate = left / seconds
-            print(f"throughput: {left} rows in {seconds:.2f} s = {rate:,.0f} rows/s", flush=True)
+            with _profiled(proc.pid, profile):
+                started, left = time.perf_counter(), backlog
+                await meter.begin()
+                while (await log.measure()).postbacks:
+                    await asyncio.sleep(0.02)
+                elapsed = time.perf_counter() - started
+                cpu = await meter.end()
+            throughput = left / elapsed
+            print(
+                f"throughput: {left} rows in {elapsed:.2f} s = {throughput:,.0f} rows/s",
+                flush=True,
+            )
+            print(
+                "CPU s in that window: "
+                + ", ".join(f"{k} {v if v is not None else '?'}" for k, v in cpu.items()),
+                flush=True,
+            )
 
             # 2. lag at a steady load.
-            print(f"steady load: {args.rate} entries/s for {args.seconds} s ...", flush=True)
-            ages: list[float] = []
-            backlogs: list[int] = []
-
-            async def sample() -> None:  # every 20 ms, evenly over the whole run
-                while True:
-                    measured = await log.measure()
-                    ages.append(measured.oldest_age_seconds())
-                    backlogs.append(measured.postbacks)
-                    await asyncio.sleep(0.02)
-
-            sampler = asyncio.create_task(sample())
-            tick = 0.1  # s between appends
-            first = args.entries
-            began = time.perf_counter()
-            for step in range(int(args.seconds / tick)):
-                await append(redis, keys, first, int(args.rate * tick))
-                first += int(args.rate * tick)
-                await asyncio.sleep(max(0.0, began + (step + 1) * tick - time.perf_counter()))
-            sampler.cancel()
+            lag = await _steady_load(redis, keys, log, entries, rate, seconds)
             while (await log.measure()).postbacks:
                 await asyncio.sleep(0.05)
         rows = await _count(database_url)
-        assert rows == first, f"{rows} rows for {first} entries"
-        quantiles = statistics.quantiles(ages, n=20)
+        expected = entries + lag.get("appended", 0)
+        assert rows == expected, f"{rows} rows for {expected} entries"
         result = {
-            "entries": args.entries,
-            "shards": args.shards,
-            "batch": args.batch,
-            "rows_per_second": round(rate),
-            "steady_rate": args.rate,
-            "lag_median_s": round(statistics.median(ages), 3),
-            "lag_p95_s": round(quantiles[18], 3),
-            "lag_max_s": round(max(ages), 3),
-            "backlog_max": max(backlogs),
+            "entries": entries,
+            "shards": shards,
+            "batch": batch,
+            "rows_per_second": round(throughput),
+            "cpu_seconds": cpu,
+            **lag,
             "rows_checked": rows,
         }
-        print(
-            f"lag at {args.rate}/s: median {result['lag_median_s']} s,"
-            f" p95 {result['lag_p95_s']} s, max {result['lag_max_s']} s"
-            f" (backlog at most {result['backlog_max']}); {rows} rows, none missing"
-        )
+        print(f"{rows} rows, none missing")
         return result
     finally:
         async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
@@ -194,6 +268,49 @@ async def run(args: argparse.Namespace, redis_url: str, server_url: str) -> dict
         await redis.aclose()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def _steady_load(
+    redis: Redis, keys: KeySpace, log: PostbackLog, first: int, rate: int, seconds: float
+) -> dict[str, Any]:
+    """Append `rate` entries/s for `seconds` while sampling the age of the oldest entry."""
+    if seconds <= 0:
+        return {}
+    print(f"steady load: {rate} entries/s for {seconds} s ...", flush=True)
+    ages: list[float] = []
+    backlogs: list[int] = []
+
+    async def sample() -> None:  # every 20 ms, evenly over the whole run
+        while True:
+            measured = await log.measure()
+            ages.append(measured.oldest_age_seconds())
+            backlogs.append(measured.postbacks)
+            await asyncio.sleep(0.02)
+
+    sampler = asyncio.create_task(sample())
+    tick = 0.1  # s between appends
+    appended = 0
+    began = time.perf_counter()
+    for step in range(int(seconds / tick)):
+        await append(redis, keys, first + appended, int(rate * tick))
+        appended += int(rate * tick)
+        await asyncio.sleep(max(0.0, began + (step + 1) * tick - time.perf_counter()))
+    sampler.cancel()
+    quantiles = statistics.quantiles(ages, n=20)
+    lag = {
+        "steady_rate": rate,
+        "lag_median_s": round(statistics.median(ages), 3),
+        "lag_p95_s": round(quantiles[18], 3),
+        "lag_max_s": round(max(ages), 3),
+        "backlog_max": max(backlogs),
+        "appended": appended,
+    }
+    print(
+        f"lag at {rate}/s: median {lag['lag_median_s']} s, p95 {lag['lag_p95_s']} s,"
+        f" max {lag['lag_max_s']} s (backlog at most {lag['backlog_max']})",
+        flush=True,
+    )
+    return lag
 
 
 async def _count(database_url: str) -> int:
@@ -205,19 +322,51 @@ async def _count(database_url: str) -> int:
     return found
 
 
+def measure_flush(
+    redis_url: str,
+    database_url: str,
+    entries: int = 200_000,
+    *,
+    shards: int = 8,
+    batch: int | None = None,
+    rate: int = 2000,
+    seconds: float = 20.0,
+    profile: Path | None = None,
+) -> dict[str, Any]:
+    """Throughput (rows/s) and steady-load lag of one worker process.
+
+    `database_url` names a Postgres server where the bench may create (and then drops)
+    a database of its own; `batch` None keeps the worker's CALLTAGS_FLUSH_BATCH default.
+    """
+    return asyncio.run(
+        _measure(redis_url, database_url, entries, shards, batch, rate, seconds, profile)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=200_000)
     parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--batch", type=int, help="CALLTAGS_FLUSH_BATCH (the worker's default)")
     parser.add_argument("--rate", type=int, default=2000, help="steady load, entries/s")
-    parser.add_argument("--seconds", type=float, default=20, help="steady load duration")
+    parser.add_argument(
+        "--seconds", type=float, default=20, help="steady load duration (0: throughput only)"
+    )
+    parser.add_argument("--profile", type=Path, help="py-spy speedscope file of the worker")
     args = parser.parse_args()
     with stores() as (redis_url, server_url):
-        result = asyncio.run(run(args, redis_url, server_url))
-    results = ROOT / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "flush.json").write_text(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        result = measure_flush(
+            redis_url,
+            server_url,
+            args.entries,
+            shards=args.shards,
+            batch=args.batch,
+            rate=args.rate,
+            seconds=args.seconds,
+            profile=args.profile,
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "flush.json").write_text(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
+import uvloop
 from arq.connections import RedisSettings
 from arq.cron import CronJob, cron
 
@@ -73,6 +74,9 @@ async def maintain(ctx: dict[str, Any]) -> dict[str, int]:
 # arq reads its settings from this class when the module is imported, so the
 # environment is read here, once.
 _settings = load_settings()
+# arq makes its event loop after importing this module: uvloop's, which spends less of
+# the worker's CPU on sockets than asyncio's own.
+asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 class WorkerSettings:

@@ -22,7 +22,7 @@ from calltags.errors import ApiError, StoreUnavailable
 from calltags.http import error_response
 from calltags.keys import KeySpace
 from calltags.log import PostbackLog
-from calltags.publishers import KeyResolver, Publishers
+from calltags.publishers import GuessGuard, KeyResolver, Publishers
 from calltags.services import Services
 from calltags.store import RedisClient, Store
 
@@ -62,10 +62,11 @@ async def open_services(settings: Settings) -> Services:
         redis=redis,
         pool=pool,
         keys=keys,
-        store=Store(redis, keys, settings.call_ttl_seconds),
+        store=Store(redis, keys, settings.call_ttl_seconds, cluster=settings.uses_cluster),
         log=PostbackLog(redis, keys, settings.log_max_backlog),
         publishers=publishers,
         resolver=KeyResolver(redis, keys, settings.key_cache_seconds, fallback=publishers),
+        guard=GuessGuard(settings.key_failures_per_minute),
     )
 
 
@@ -135,6 +136,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/admin/publishers/{publisher_id}/keys", admin.list_keys, methods=["GET"]),
         Route("/admin/keys/{key_id}", admin.update_key, methods=["PATCH"]),
         Route("/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
+        Route("/admin/keys/{key_id}/rotate", admin.rotate_key, methods=["POST"]),
         Route("/admin/postbacks", listings.list_postbacks, methods=["GET"]),
         Route("/admin/calls", listings.list_calls, methods=["GET"]),
         Route("/admin/log", logpage.log_page, methods=["GET"]),

@@ -30,6 +30,9 @@ class Settings:
     flush_batch: int
     flush_claim_idle_seconds: int
     call_ttl_seconds: int
+    rate_limit: tuple[float, int] | None  # default per-key (tokens a second, burst); None: off
+    key_failures_per_minute: int  # failed key attempts an address may make; 0: no limit
+    signature_tolerance_seconds: int
     key_cache_seconds: float
     data_dir: Path
     web_concurrency: int
@@ -48,6 +51,24 @@ def _int(config: Config, name: str, default: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
     return value
+
+
+def _rate(raw: str) -> tuple[float, int] | None:
+    """CALLTAGS_RATE_LIMIT: "RATE/BURST" (tokens a second / bucket size), "RATE", or "0"."""
+    text = raw.strip().lower()
+    if text in ("0", "off", ""):
+        return None
+    rate_text, _, burst_text = text.partition("/")
+    try:
+        rate = float(rate_text)
+        burst = int(burst_text) if burst_text else max(1, int(rate))
+    except ValueError as exc:
+        raise ConfigError(
+            f"CALLTAGS_RATE_LIMIT must look like 500/1000 (a second / burst), got {raw!r}"
+        ) from exc
+    if rate <= 0 or burst < 1:
+        raise ConfigError("CALLTAGS_RATE_LIMIT needs a rate above 0 and a burst of 1 or more")
+    return rate, burst
 
 
 def _secret(config: Config, name: str) -> Secret | None:
@@ -92,6 +113,11 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
             config, "CALLTAGS_CALL_TTL_SECONDS", MAX_STORAGE_SECONDS, 3600, 10 * MAX_STORAGE_SECONDS
         ),
         key_cache_seconds=key_cache_seconds,
+        rate_limit=_rate(config("CALLTAGS_RATE_LIMIT", default="500/1000")),
+        key_failures_per_minute=_int(config, "CALLTAGS_KEY_FAILURES_PER_MINUTE", 30, 0, 10**6),
+        signature_tolerance_seconds=_int(
+            config, "CALLTAGS_SIGNATURE_TOLERANCE_SECONDS", 300, 1, 86400
+        ),
         data_dir=Path(config("CALLTAGS_DATA_DIR", default=".data")),
         web_concurrency=_int(config, "WEB_CONCURRENCY", 1, 1, 256),
     )

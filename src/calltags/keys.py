@@ -8,6 +8,8 @@ script touches one Redis Cluster slot:
                                         "@live" (newest live call) and "@last" (newest ended call)
     {prefix}call:{CALL_UUID}     string caller number of a call, for lookups by call_uuid
     {prefix}key:{SHA256}         hash   mirror of a postback key for the hot path
+    {prefix}rate:{KEY_ID}        hash   token bucket of a postback key's rate limit
+    {prefix}fail:{ADDRESS}       string failed key attempts from a client address this minute
     {prefix}keys:synced          string set once every key is mirrored: unknown keys then
                                         need no Postgres lookup
     {prefix}log:{N}              stream postback log shard N (0 <= N < CALLTAGS_LOG_SHARDS)
@@ -41,6 +43,12 @@ class KeySpace:
 
     def postback_key(self, secret_hash: str) -> str:
         return f"{self.prefix}key:{{{secret_hash}}}"
+
+    def rate_bucket(self, key_id: int) -> str:
+        return f"{self.prefix}rate:{{{key_id}}}"
+
+    def failures(self, address: str) -> str:
+        return f"{self.prefix}fail:{{{address}}}"
 
     def mirror_complete(self) -> str:
         return f"{self.prefix}keys:synced"

@@ -20,13 +20,13 @@ from redis.exceptions import RedisError
 
 from calltags.errors import StoreUnavailable
 from calltags.keys import KeySpace
+from calltags.store import ENTRY_FIELD as ENTRY_FIELD
 from calltags.store import RedisClient, now_ms
 
 # Caps on what a rejected request may put in the log, so junk cannot flood it.
 MAX_TEXT = 256  # chars of the raw caller number, user agent, call_uuid, tag names
 MAX_TAG_VALUE = 1024  # chars of a logged tag value
 MAX_LOGGED_TAGS = 100
-ENTRY_FIELD = b"e"
 
 
 def _cap(value: str | None, limit: int = MAX_TEXT) -> str | None:

@@ -242,6 +242,26 @@ SPEC: dict[str, Any] = {
                 },
             },
         },
+        "/admin/keys/{key_id}/rotate": {
+            "post": {
+                "summary": "A new secret for the key; the old one works for grace_seconds",
+                "security": _SECURED_ADMIN,
+                "parameters": [{"name": "key_id", **_ID_PATH}],
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "grace_seconds": {"type": "integer", "minimum": 0, "maximum": 2592000}
+                        },
+                    },
+                    required=False,
+                ),
+                "responses": {
+                    **_ok(200, {"$ref": "#/components/schemas/Key"}),
+                    **_errors(400, 401, 404, 413, 422, 503),
+                },
+            }
+        },
         "/admin/keys/{key_id}": {
             "patch": {
                 "summary": "Pause, resume, rename or change a key's durations",
@@ -501,6 +521,18 @@ SPEC: dict[str, Any] = {
                         "minimum": 60,
                         "maximum": 2592000,
                     },
+                    "require_signature": {"type": "boolean"},
+                    "allowed_cidrs": {
+                        "type": "array",
+                        "maxItems": 100,
+                        "items": {"type": "string", "description": "CIDR, e.g. 203.0.113.0/24"},
+                    },
+                    "rate_limit_per_second": {
+                        "type": ["number", "null"],
+                        "exclusiveMinimum": 0,
+                        "maximum": 1000000,
+                    },
+                    "rate_limit_burst": {"type": ["integer", "null"], "minimum": 1},
                 },
             },
             "KeyUpdate": {
@@ -518,6 +550,18 @@ SPEC: dict[str, Any] = {
                         "minimum": 60,
                         "maximum": 2592000,
                     },
+                    "require_signature": {"type": "boolean"},
+                    "allowed_cidrs": {
+                        "type": "array",
+                        "maxItems": 100,
+                        "items": {"type": "string", "description": "CIDR, e.g. 203.0.113.0/24"},
+                    },
+                    "rate_limit_per_second": {
+                        "type": ["number", "null"],
+                        "exclusiveMinimum": 0,
+                        "maximum": 1000000,
+                    },
+                    "rate_limit_burst": {"type": ["integer", "null"], "minimum": 1},
                 },
             },
             "Key": {
@@ -537,6 +581,15 @@ SPEC: dict[str, Any] = {
                     "revoked_at": {"type": ["string", "null"], "format": "date-time"},
                     "created_at": {"type": "string", "format": "date-time"},
                     "last_used_at": {"type": ["string", "null"], "format": "date-time"},
+                    "signing_secret": {
+                        "type": "string",
+                        "description": "HMAC secret for signed postbacks, at creation only",
+                    },
+                    "previous_key_valid_until": {"type": ["string", "null"], "format": "date-time"},
+                    "require_signature": {"type": "boolean"},
+                    "allowed_cidrs": {"type": "array", "items": {"type": "string"}},
+                    "rate_limit_per_second": {"type": ["number", "null"]},
+                    "rate_limit_burst": {"type": ["integer", "null"]},
                 },
             },
         },

@@ -11,13 +11,13 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from calltags import errors, phone
+from calltags import errors, phone, signing
 from calltags.errors import ApiError, StoreUnavailable
 from calltags.http import JSONResponse, error_response, iso_ms, read_body
 from calltags.log import make_entry
 from calltags.publishers import KeyInfo
 from calltags.services import Services, services
-from calltags.store import CallNotFound, PostbackResult, now_ms
+from calltags.store import CallNotFound, PostbackResult, RateLimit, RateLimited, now_ms
 
 MAX_TAGS = 100
 MAX_TAG_VALUE_BYTES = 1024
@@ -54,17 +54,18 @@ def _form_pairs(body: bytes) -> list[tuple[str, str]]:
         raise ApiError(400, "invalid_body", f"more than {MAX_PARAMS} parameters") from exc
 
 
-async def _params(request: Request) -> dict[str, str]:
-    """Query parameters, overridden by a form or JSON body's; the last of a repeat wins."""
+async def _params(request: Request) -> tuple[dict[str, str], bytes]:
+    """Query parameters, overridden by a form or JSON body's (the last of a repeat wins),
+    and the raw body."""
     query = request.query_params.multi_items()
     if len(query) > MAX_PARAMS:
         raise ApiError(400, "invalid_request", f"more than {MAX_PARAMS} parameters")
     params = dict(query)
     if request.method != "POST":
-        return params
+        return params, b""
     body = await read_body(request)
     if not body.strip():
-        return params
+        return params, body
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     is_json = content_type == "application/json" or content_type.endswith("+json")
     if content_type == "multipart/form-data":
@@ -82,7 +83,7 @@ async def _params(request: Request) -> dict[str, str]:
             params[name] = _text(name, value)
     else:
         params.update(_form_pairs(body))
-    return params
+    return params, body
 
 
 def _tags(params: dict[str, str]) -> dict[str, str]:
@@ -114,7 +115,8 @@ class _Outcome:
     """What one request did, for the log entry written whatever happened."""
 
     __slots__ = (
-        "call_json", "call_uuid", "caller_number", "caller_raw", "key", "params", "secret", "tags",
+        "call_json", "call_uuid", "caller_number", "caller_raw", "key", "logged", "params",
+        "secret", "tags",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -126,20 +128,112 @@ class _Outcome:
         self.call_uuid: str | None = None
         self.tags: dict[str, str] | None = None
         self.call_json: bytes | None = None
+        self.logged = False  # the store appended the log entry with the write
 
 
-async def _handle(request: Request, svc: Services, out: _Outcome) -> dict[str, Any]:
-    out.params = params = await _params(request)
+class _Request:
+    """The parts of the request the log entry needs, read once."""
+
+    __slots__ = ("address", "method", "received_ms", "started_ns", "user_agent")
+
+    def __init__(self, request: Request):
+        self.started_ns = time.perf_counter_ns()
+        self.received_ms = now_ms()
+        self.method = request.method
+        self.address = request.client.host if request.client else None
+        self.user_agent = request.headers.get("user-agent")
+
+
+def _entry(req: _Request, out: _Outcome, failure: ApiError | None, status: str | None) -> bytes:
+    tags = out.tags
+    if tags is None:
+        tags = {k: v for k, v in out.params.items() if k not in RESERVED}
+    return orjson.dumps(
+        make_entry(
+            received_ms=req.received_ms,
+            method=req.method,
+            publisher_id=out.key.publisher_id if out.key else None,
+            key_id=out.key.id if out.key else None,
+            key_prefix=out.secret[:8] if out.secret and out.key is None else None,
+            caller_raw=out.caller_raw,
+            caller_number=out.caller_number,
+            call_uuid=out.call_uuid,
+            tags=tags,
+            status=status,
+            error=failure.code if failure is not None else None,
+            http_status=failure.status if failure is not None else 200,
+            remote_addr=req.address,
+            user_agent=req.user_agent,
+            latency_us=(time.perf_counter_ns() - req.started_ns) // 1000,
+        )
+    )
+
+
+def _rate_limited(exc: RateLimited) -> ApiError:
+    seconds = max(1, -(-exc.retry_after_ms // 1000))
+    return ApiError(
+        429,
+        "rate_limited",
+        f"this key may post {exc.limit:g} times a second (bursts of {exc.burst}); "
+        f"retry in {seconds} s",
+        {
+            "Retry-After": str(seconds),
+            "RateLimit-Limit": str(exc.burst),
+            "RateLimit-Remaining": "0",
+            "RateLimit-Reset": str(seconds),
+        },
+    )
+
+
+async def _key(request: Request, svc: Services, req: _Request, secret: str) -> KeyInfo:
+    """The usable key for `secret`, or the ApiError that refuses it."""
+    address = req.address or ""
+    guard = svc.guard
+    key = svc.resolver.cached(secret)
+    if key is None:
+        wait = guard.blocked_for(address)
+        if wait:
+            seconds = str(max(1, round(wait)))
+            raise ApiError(
+                429,
+                "rate_limited",
+                "too many invalid keys from this address; retry later",
+                {"Retry-After": seconds},
+            )
+        key = await svc.resolver.resolve(secret)
+    if key is None:
+        if guard.per_minute:
+            attempts, left_ms = await svc.store.count_failure(address, guard.WINDOW_MS)
+            guard.record(address, attempts, left_ms)
+        raise errors.invalid_key()
+    if key.paused:
+        raise errors.key_paused()
+    if not key.allows(req.address):
+        raise ApiError(403, "address_not_allowed", "this key does not accept posts from here")
+    return key
+
+
+async def _handle(request: Request, svc: Services, req: _Request, out: _Outcome) -> dict[str, Any]:
+    params, raw_body = await _params(request)
+    out.params = params
     secret = request.path_params.get("key") or params.get("key")
     if not secret:
         raise errors.missing_key()
     out.secret = secret
-    key = await svc.resolver.resolve(secret)
-    if key is None:
-        raise errors.invalid_key()
-    out.key = key
-    if key.paused:
-        raise errors.key_paused()
+    out.key = key = await _key(request, svc, req, secret)
+    presented = request.headers.get(signing.SIGNATURE_HEADER)
+    if key.require_signature or presented:
+        signing.verify(
+            key.signing_secret,
+            timestamp=request.headers.get(signing.TIMESTAMP_HEADER),
+            presented=presented,
+            method=req.method,
+            path=request.url.path,
+            query=request.url.query,
+            body=raw_body,
+            now=req.received_ms / 1000,
+            tolerance=svc.settings.signature_tolerance_seconds,
+        )
 
     out.call_uuid = call_uuid = params.get("call_uuid") or None
     out.caller_raw = caller_raw = params.get("caller_number") or None
@@ -156,6 +250,9 @@ async def _handle(request: Request, svc: Services, out: _Outcome) -> dict[str, A
         caller = found
     assert caller is not None
     out.caller_number = caller
+    limit = svc.settings.rate_limit
+    if key.rate_per_second is not None:
+        limit = (key.rate_per_second, key.rate_burst or max(1, int(key.rate_per_second)))
     try:
         result: PostbackResult = await svc.store.write_tags(
             caller,
@@ -165,14 +262,19 @@ async def _handle(request: Request, svc: Services, out: _Outcome) -> dict[str, A
             cutoff_seconds=key.cutoff_seconds,
             storage_seconds=key.storage_seconds,
             call_uuid=call_uuid or "",
+            log_entry=_entry(req, out, None, None),
+            rate=RateLimit(*limit) if limit is not None else None,
         )
     except CallNotFound as exc:
+        out.logged = True
         raise errors.not_found("call_not_found", f"no call with call_uuid {call_uuid!r}") from exc
+    except RateLimited as exc:
+        out.logged = True
+        raise _rate_limited(exc) from exc
+    out.logged = True
     body: dict[str, Any] = {"tag_values": tags, "caller_number": caller, "status": result.status}
     if result.call_uuid is not None:
         body["call_uuid"] = result.call_uuid
-        out.call_uuid = result.call_uuid
-        out.call_json = result.call_json
     if result.expires_at_ms is not None:
         body["expires_at"] = iso_ms(result.expires_at_ms)
     return body
@@ -185,42 +287,18 @@ async def data_writing(request: Request) -> Response:
     if svc.log.full:  # refused before any write; not logged: the log is what is full
         svc.log.refused += 1
         return error_response(errors.unavailable("the postback log is full, retry shortly"))
-    started = time.perf_counter_ns()
-    received = now_ms()
+    req = _Request(request)
     out = _Outcome()
-    body: dict[str, Any] | None = None
-    failure: ApiError | None = None
     try:
-        body = await _handle(request, svc, out)
+        return JSONResponse(await _handle(request, svc, req, out))
     except ApiError as exc:
         failure = exc
     except StoreUnavailable:
         failure = errors.unavailable()
-    status_code = failure.status if failure is not None else 200
-    entry = make_entry(
-        received_ms=received,
-        method=request.method,
-        publisher_id=out.key.publisher_id if out.key else None,
-        key_id=out.key.id if out.key else None,
-        key_prefix=out.secret[:8] if out.secret and out.key is None else None,
-        caller_raw=out.caller_raw,
-        caller_number=out.caller_number,
-        call_uuid=out.call_uuid,
-        tags=out.tags
-        if out.tags is not None
-        else {k: v for k, v in out.params.items() if k not in RESERVED},
-        status=body["status"] if body is not None else None,
-        error=failure.code if failure is not None else None,
-        http_status=status_code,
-        remote_addr=request.client.host if request.client else None,
-        user_agent=request.headers.get("user-agent"),
-        latency_us=(time.perf_counter_ns() - started) // 1000,
-        call=out.call_json,
-    )
-    try:
-        await svc.log.append(entry)
-    except StoreUnavailable:
-        return error_response(errors.unavailable())
-    if failure is not None:
-        return error_response(failure)
-    return JSONResponse(body)
+        out.logged = False  # the write may not have happened: log what the client saw
+    if not out.logged:
+        try:
+            await svc.store.append_log(_entry(req, out, failure, None))
+        except StoreUnavailable:
+            return error_response(errors.unavailable())
+    return error_response(failure)

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from calltags.config import Settings
 from calltags.keys import KeySpace
 from calltags.log import PostbackLog
-from calltags.publishers import KeyResolver, Publishers
+from calltags.publishers import GuessGuard, KeyResolver, Publishers
 from calltags.store import RedisClient, Store
 
 
@@ -24,6 +24,7 @@ class Services:
     log: PostbackLog
     publishers: Publishers
     resolver: KeyResolver
+    guard: GuessGuard
 
 
 def services(request: Request) -> Services:

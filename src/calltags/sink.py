@@ -4,9 +4,20 @@ streams into Postgres in batches.
 A worker process runs one `Sink`: a task per stream (the postback log shards and the
 call log shards), each reading through the consumer group SINK_GROUP, so any number of
 worker processes share the shards and each shard is flushed in parallel with the
-others. A batch is COPYed into a temp table, then inserted with ON CONFLICT DO NOTHING
-on the entry id (call records: replaced only by a higher version), and acknowledged
-and deleted in Redis only after the commit: a batch delivered twice adds no row.
+others. A batch of new entries is COPYed straight into `postbacks` (one statement, so
+all or nothing); if some of its rows are there already (the batch was delivered
+before, say by a worker that died between commit and acknowledgement), the COPY fails
+on the primary key and the batch goes the careful way instead: COPY into a temp table,
+then INSERT ... ON CONFLICT DO NOTHING on the entry id. Entries taken over from a dead
+worker go the careful way from the start. Call records go through a temp table and are
+replaced only by a higher version. A batch is acknowledged and deleted in Redis only
+after the commit: a batch delivered twice adds no row.
+
+Rows are built with as little work per entry as the log allows (this is the worker's
+hot loop): an entry's JSON is parsed once and its values taken as they are, times as
+Unix ms and JSON as Python values, which the connections' own codecs encode. An entry
+that does not fit makes the COPY fail; the batch is then rebuilt checking each entry,
+and an entry that cannot be read is kept as an `undecodable_entry` row, never lost.
 Entries a dead worker read and never acknowledged are taken over (XAUTOCLAIM) once
 idle for `claim_idle_ms`. While Postgres or Redis cannot be reached the batch is
 retried with back-off, and stays in Redis until it is committed.
@@ -27,22 +38,33 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
+from operator import itemgetter
 from typing import Any, TypeAlias
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from calltags.calls import call_json
 from calltags.keys import SINK_GROUP, KeySpace
 from calltags.log import ENTRY_FIELD, MAX_TAG_VALUE, stream_id_ms
-from calltags.store import SNAPSHOT_FIELD, RedisClient, call_from_doc
+from calltags.store import (
+    CALL_FIELD,
+    OUTCOME_FIELD,
+    POSTBACK_OUTCOMES,
+    SNAPSHOT_FIELD,
+    RedisClient,
+    call_from_doc,
+)
 
 log = logging.getLogger("calltags.sink")
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EPOCH_DATE = date(1970, 1, 1)
 DAY_MS = 86_400_000  # 1 day in ms
+PG_EPOCH_MS = 946_684_800_000  # 2000-01-01 UTC, Postgres' own epoch, in Unix ms
+MAX_MS = 253_402_300_799_999  # the end of year 9999 UTC, in Unix ms
 BLOCK_MS = 1000  # a read waits this long for new entries; also the longest stop delay, ms
 PARTITION_DAYS_AHEAD = 3  # day partitions of the postback log kept ready beyond today
 CONSUMER_MAX_IDLE_MS = DAY_MS  # a consumer idle this long with nothing pending is removed
@@ -51,12 +73,15 @@ BACKOFF_FIRST = 0.1  # s before the first retry; doubles up to `max_backoff`
 # A stream entry as redis-py returns it: (id, fields), fields None once deleted.
 Entry: TypeAlias = tuple[bytes, dict[bytes, bytes] | None]
 Row: TypeAlias = tuple[Any, ...]
+Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
+# Named as the keys of a log entry (log.make_entry), so a row is the entry's values.
 POSTBACK_COLUMNS = (
     "received_at", "id", "method", "publisher_id", "key_id", "key_prefix", "caller_raw",
     "caller_number", "call_uuid", "tags", "status", "error", "http_status", "remote_addr",
     "user_agent", "latency_us",
 )  # fmt: skip
+_POSTBACK_VALUES = itemgetter(*POSTBACK_COLUMNS)
 CALL_COLUMNS = (
     "call_uuid", "caller_number", "publisher_id", "campaign", "state", "started_at",
     "ended_at", "tags", "tag_sources", "version", "updated_at",
@@ -91,8 +116,15 @@ class _Stopped(Exception):
     """The sink was asked to stop while a batch waited: it stays pending in Redis."""
 
 
-def _ts(ms: int) -> datetime:
-    return EPOCH + timedelta(milliseconds=ms)
+class _BadData(Exception):
+    """A batch's rows were refused for their values (not because a server is down)."""
+
+
+# Raised by asyncpg for a value it cannot encode (client side: ValueError, TypeError,
+# OverflowError) or that Postgres refuses (SQLSTATE class 22, asyncpg.DataError).
+_DATA_ERRORS = (ValueError, TypeError, OverflowError, asyncpg.DataError)
+# What reading a malformed entry may raise.
+_ENTRY_ERRORS = (KeyError, TypeError, ValueError, OverflowError, AttributeError)
 
 
 def _clean(value: Any) -> Any:
@@ -120,29 +152,50 @@ def _uuid(text: str) -> str:
     return text
 
 
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
+def _ms(value: Any) -> int:
+    """A time in Unix ms that Postgres takes."""
+    ms = int(value)
+    if not 0 <= ms <= MAX_MS:
+        raise ValueError(f"time out of range: {ms}")
+    return ms
+
+
+def _int(value: Any, bits: int = 64) -> int | None:
+    if value is None:
+        return None
+    number = int(value)
+    if not -(2 ** (bits - 1)) <= number < 2 ** (bits - 1):
+        raise ValueError(f"not a {bits}-bit integer: {value!r}")
+    return number
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def postback_row(entry: dict[str, Any]) -> Row:
-    """A `postbacks` row (POSTBACK_COLUMNS) from a log entry made by log.make_entry."""
+    """A `postbacks` row (POSTBACK_COLUMNS) from a log entry made by log.make_entry,
+    every value checked: ValueError (or TypeError, KeyError) if one would not fit."""
+    tags = entry.get("tags") or {}
+    if not isinstance(tags, dict):
+        raise ValueError("tags is not an object")
     return (
-        _ts(int(entry["received_at"])),
+        _ms(entry["received_at"]),
         _uuid(entry["id"]),
         str(entry["method"]),
-        entry.get("publisher_id"),
-        entry.get("key_id"),
-        entry.get("key_prefix"),
-        entry.get("caller_raw"),
-        entry.get("caller_number"),
-        entry.get("call_uuid"),
-        _json(entry.get("tags") or {}),
-        entry.get("status"),
-        entry.get("error"),
-        int(entry["http_status"]),
-        entry.get("remote_addr"),
-        entry.get("user_agent"),
-        entry.get("latency_us"),
+        _int(entry.get("publisher_id")),
+        _int(entry.get("key_id")),
+        _text(entry.get("key_prefix")),
+        _text(entry.get("caller_raw")),
+        _text(entry.get("caller_number")),
+        _text(entry.get("call_uuid")),
+        tags,
+        _text(entry.get("status")),
+        _text(entry.get("error")),
+        _int(entry["http_status"], 16),
+        _text(entry.get("remote_addr")),
+        _text(entry.get("user_agent")),
+        _int(entry.get("latency_us")),
     )
 
 
@@ -150,11 +203,11 @@ def undecodable_row(stream: str, entry_id: bytes, raw: bytes | None) -> Row:
     """A row standing for an entry that cannot be read, so that it is kept, not lost."""
     text = raw.decode("utf-8", "replace")[:MAX_TAG_VALUE] if raw is not None else ""
     return (
-        _ts(stream_id_ms(entry_id)),
+        stream_id_ms(entry_id),
         uuid.uuid5(uuid.NAMESPACE_URL, f"{stream}/{entry_id.decode()}"),
         "?",
         *(None,) * 6,
-        _json({"raw": _clean(text)}),
+        {"raw": _clean(text)},
         None,
         "undecodable_entry",
         0,
@@ -167,17 +220,17 @@ def call_row(doc: dict[str, Any]) -> Row:
     call = call_from_doc(doc)
     changed = [call.started_ms, call.ended_ms or 0, *(s.set_at_ms for s in call.sources.values())]
     return (
-        call.call_uuid,
-        call.caller_number,
-        call.publisher_id,
-        call.campaign,
-        call.state,
-        _ts(call.started_ms),
-        _ts(call.ended_ms) if call.ended_ms is not None else None,
-        _json(call.tags),
-        _json(call_json(call)["tag_sources"]),
-        call.version,
-        _ts(max(changed)),
+        str(call.call_uuid),
+        str(call.caller_number),
+        _text(call.publisher_id),
+        _text(call.campaign),
+        str(call.state),
+        _ms(call.started_ms),
+        _ms(call.ended_ms) if call.ended_ms is not None else None,
+        call.tags,
+        call_json(call)["tag_sources"],
+        _int(call.version, 32),
+        _ms(max(changed)),
     )
 
 
@@ -185,8 +238,46 @@ def utc_today() -> date:
     return datetime.now(UTC).date()
 
 
+def _encode_ms(ms: int) -> tuple[int]:
+    return ((ms - PG_EPOCH_MS) * 1000,)  # Postgres counts µs from 2000-01-01
+
+
+def _decode_ms(value: tuple[int]) -> int:
+    return value[0] // 1000 + PG_EPOCH_MS
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    return b"\x01" + orjson.dumps(value)  # jsonb's binary format: version 1, then the text
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return orjson.loads(data[1:])
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.execute(_STAGE_TABLES)
+    # The sink's rows carry times as Unix ms and JSON as Python values, as the log
+    # entries do: no datetime object and no JSON text is made per row in Python.
+    await conn.set_type_codec(
+        "timestamptz",
+        schema="pg_catalog",
+        encoder=_encode_ms,
+        decoder=_decode_ms,
+        format="tuple",
+    )
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
+        format="binary",
+    )
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A connection back in the pool needs no reset query (one round trip per batch):
+    the sink leaves no session state behind, and asyncpg itself rolls back a
+    transaction a cancelled batch left open."""
 
 
 async def create_sink_pool(dsn: str, max_size: int = 4) -> asyncpg.Pool:
@@ -197,6 +288,7 @@ async def create_sink_pool(dsn: str, max_size: int = 4) -> asyncpg.Pool:
         min_size=0,
         max_size=max_size,
         init=_init_connection,
+        reset=_keep_session,
         timeout=10,  # s to connect
         command_timeout=60,  # s per statement
     )
@@ -254,7 +346,7 @@ class Sink:
         self._postback_streams = frozenset(keys.log_shards_all())
         self._claim_cursor: dict[str, bytes] = {}
         self._claim_due: dict[str, float] = {}
-        self._days: set[date] = set()
+        self._days: set[int] = set()  # days (since the epoch) known to have a partition
         self._ack: AsyncScript = redis.register_script(
             resources.files("calltags").joinpath("lua", "ack-1.lua").read_text(encoding="utf-8")
         )
@@ -288,11 +380,12 @@ class Sink:
         """Move one batch of `stream` into Postgres; how many entries it held (0: none
         waiting). Entries idle in a dead consumer come first, then new ones."""
         batch = await self._claim(stream)
-        if not batch:
+        fresh = not batch
+        if fresh:
             batch = await self._read(stream, block_ms)
         if not batch:
             return 0
-        await self._store(stream, batch, stop)
+        await self._store(stream, batch, stop, fresh=fresh)
         return len(batch)
 
     async def drain(self) -> int:
@@ -366,42 +459,111 @@ class Sink:
 
     # -- Postgres side -------------------------------------------------------------------
 
-    def _rows(self, stream: str, batch: list[Entry]) -> tuple[list[Row], list[Row]]:
-        """(postbacks rows, calls rows) of a batch of either kind of stream."""
+    def _rows(
+        self, stream: str, batch: list[Entry], *, checked: bool = False
+    ) -> tuple[list[Row], list[Row]]:
+        """(postbacks rows, calls rows) of a batch of either kind of stream.
+
+        Unless `checked`, a log entry's values go into its row as they are (the hot
+        loop); `checked` looks at every value, for a batch whose COPY was refused.
+        """
+        if stream not in self._postback_streams:
+            return [], self._call_rows(stream, batch)
         postbacks: list[Row] = []
         calls: list[Row] = []
-        is_log = stream in self._postback_streams
+        unknown: list[bytes] = []
         for entry_id, fields in batch:
-            raw = fields.get(ENTRY_FIELD if is_log else SNAPSHOT_FIELD) if fields else None
+            raw = fields.get(ENTRY_FIELD) if fields else None
             try:
                 doc = _loads(raw)
-            except ValueError:
-                doc = None
-            if is_log:
+                if fields is not None and len(fields) > 1:  # an outcome, a call, or both
+                    snapshot = self._outcome(doc, fields, unknown)
+                else:
+                    snapshot = doc.get("call")
                 try:
-                    postbacks.append(postback_row(doc))
-                except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
-                    log.error("kept unreadable log entry %s %r as is", stream, entry_id)
-                    postbacks.append(undecodable_row(stream, entry_id, raw))
-                    continue
-                doc = doc.get("call")
-                if doc is None:
-                    continue
-            try:
-                calls.append(call_row(doc))
-            except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
-                log.error("dropped unreadable call snapshot in %s %r", stream, entry_id)
+                    row = postback_row(doc) if checked else _POSTBACK_VALUES(doc)
+                except KeyError:  # an entry without some value: its row is made with care
+                    row = postback_row(doc)
+            except _ENTRY_ERRORS:  # not JSON, not an object, a value that cannot be
+                log.error("kept unreadable log entry %s %r as is", stream, entry_id)
+                postbacks.append(undecodable_row(stream, entry_id, raw))
+                continue
+            postbacks.append(row)
+            if snapshot is not None:
+                try:
+                    calls.append(call_row(snapshot))
+                except _ENTRY_ERRORS:
+                    log.error("dropped unreadable call snapshot in %s %r", stream, entry_id)
+        if unknown:
+            log.warning(
+                "%d log entries of %s have an unknown outcome code (first: %r):"
+                " logged with the status the entry gives",
+                len(unknown),
+                stream,
+                unknown[0],
+            )
         return postbacks, calls
 
-    async def _store(self, stream: str, batch: list[Entry], stop: asyncio.Event | None) -> None:
-        """Commit the batch's rows, then acknowledge it: retried until both are done."""
+    @staticmethod
+    def _outcome(doc: Any, fields: dict[bytes, bytes], unknown: list[bytes]) -> Any:
+        """Apply an entry's outcome code (field r) to its JSON; the call snapshot it
+        carries (field c, else the JSON's "call"), parsed, or None."""
+        code = fields.get(OUTCOME_FIELD)
+        if code is not None:
+            try:
+                outcome = POSTBACK_OUTCOMES.get(int(code))
+            except ValueError:
+                outcome = None
+            if outcome is None:
+                unknown.append(code)
+            else:
+                doc["status"], doc["error"], doc["http_status"] = outcome
+        raw_call = fields.get(CALL_FIELD)
+        if raw_call is None:
+            return doc.get("call")
+        try:
+            snapshot = _loads(raw_call)
+        except ValueError:
+            return None  # the entry's row is kept; call_row would drop it anyway
+        if doc.get("call_uuid") is None and isinstance(snapshot, dict):
+            doc["call_uuid"] = snapshot.get("u")  # the call the tags went to
+        return snapshot
+
+    @staticmethod
+    def _call_rows(stream: str, batch: list[Entry]) -> list[Row]:
+        calls: list[Row] = []
+        for entry_id, fields in batch:
+            try:
+                calls.append(call_row(_loads(fields.get(SNAPSHOT_FIELD) if fields else None)))
+            except _ENTRY_ERRORS:
+                log.error("dropped unreadable call snapshot in %s %r", stream, entry_id)
+        return calls
+
+    async def _store(
+        self,
+        stream: str,
+        batch: list[Entry],
+        stop: asyncio.Event | None,
+        *,
+        fresh: bool = True,
+    ) -> None:
+        """Commit the batch's rows, then acknowledge it: retried until both are done.
+
+        `fresh`: the batch was never delivered before, so its rows are most likely not
+        in Postgres yet (a taken-over batch may be).
+        """
         postbacks, calls = self._rows(stream, batch)
         backoff = Backoff(BACKOFF_FIRST, self.max_backoff)
         committed = False
         while True:
             try:
                 if not committed:
-                    await self._commit(postbacks, calls)
+                    try:
+                        await self._commit(postbacks, calls, fresh=fresh)
+                    except _BadData as exc:
+                        log.warning("rows of %s refused (%s), checking each", stream, exc)
+                        postbacks, calls = self._rows(stream, batch, checked=True)
+                        await self._commit(postbacks, calls, fresh=fresh)
                     committed = True
                 await self._acknowledge(stream, [entry_id for entry_id, _ in batch])
                 break
@@ -425,23 +587,53 @@ class Sink:
         self.counters.rows += len(postbacks)
         self.counters.calls += len(calls)
 
-    async def _commit(self, postbacks: list[Row], calls: list[Row]) -> None:
+    async def _commit(self, postbacks: list[Row], calls: list[Row], *, fresh: bool = False) -> None:
+        """Write the rows in one transaction; _BadData if some value was refused."""
+        if not postbacks and not calls:
+            return
         async with self.pool.acquire() as conn:
-            new_days = {row[0].date() for row in postbacks} - self._days
-            for day in sorted(new_days):
-                await conn.fetchval("SELECT postbacks_ensure_partition($1)", day)
-                self._days.add(day)
-            async with conn.transaction():
-                if postbacks:
-                    await conn.copy_records_to_table(
-                        "postbacks_stage", records=postbacks, columns=POSTBACK_COLUMNS
-                    )
-                    await conn.execute(_INSERT_POSTBACKS)
-                if calls:
-                    await conn.copy_records_to_table(
-                        "calls_stage", records=calls, columns=CALL_COLUMNS
-                    )
-                    await conn.execute(_UPSERT_CALLS)
+            await self._ensure_partitions(conn, postbacks)
+            try:
+                if fresh:
+                    try:
+                        await self._insert(conn, postbacks, calls, direct=True)
+                        return
+                    except asyncpg.UniqueViolationError:
+                        log.info("%d rows came again: adding the missing ones", len(postbacks))
+                await self._insert(conn, postbacks, calls, direct=False)
+            except _DATA_ERRORS as exc:
+                raise _BadData(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _ensure_partitions(self, conn: Conn, postbacks: list[Row]) -> None:
+        new_days = {row[0] // DAY_MS for row in postbacks} - self._days
+        for day in sorted(new_days):
+            await conn.fetchval(
+                "SELECT postbacks_ensure_partition($1)", EPOCH_DATE + timedelta(days=day)
+            )
+            self._days.add(day)
+
+    @staticmethod
+    async def _insert(conn: Conn, postbacks: list[Row], calls: list[Row], *, direct: bool) -> None:
+        """`direct`: COPY the postbacks into their table, which fails on a row that is
+        there already; else through the temp table, adding only the missing rows."""
+        if direct and not calls:  # one statement: all or nothing without a transaction
+            await conn.copy_records_to_table(
+                "postbacks", records=postbacks, columns=POSTBACK_COLUMNS
+            )
+            return
+        async with conn.transaction():
+            if postbacks and direct:
+                await conn.copy_records_to_table(
+                    "postbacks", records=postbacks, columns=POSTBACK_COLUMNS
+                )
+            elif postbacks:
+                await conn.copy_records_to_table(
+                    "postbacks_stage", records=postbacks, columns=POSTBACK_COLUMNS
+                )
+                await conn.execute(_INSERT_POSTBACKS)
+            if calls:
+                await conn.copy_records_to_table("calls_stage", records=calls, columns=CALL_COLUMNS)
+                await conn.execute(_UPSERT_CALLS)
 
     # -- maintenance (the workers' cron job) ---------------------------------------------
 

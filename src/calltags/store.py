@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import re
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -13,6 +15,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from calltags.autopipe import AutoPipeline
 from calltags.errors import StoreUnavailable
 from calltags.keys import SECOND_MS, KeySpace
 
@@ -23,11 +26,31 @@ STATUS_STORED = "call not found, tags stored"
 STATUS_LIVE = "call in progress, tags applied"
 STATUS_COMPLETED = "completed call found, tags applied"
 _POSTBACK_STATUS = {0: STATUS_STORED, 1: STATUS_LIVE, 2: STATUS_COMPLETED}
+# What an outcome code of the postback write script (postback-4.lua) means for the
+# request: (status, error code, HTTP status). The web process answers from it and the
+# workers log from it (a log entry's field r), so the two cannot disagree.
+POSTBACK_OUTCOMES: dict[int, tuple[str | None, str | None, int]] = {
+    **{code: (status, None, 200) for code, status in _POSTBACK_STATUS.items()},
+    -1: (None, "call_not_found", 404),
+    -2: (None, "rate_limited", 429),
+}
+# Fields of a postback log entry (stream {prefix}log:{N}): the entry's JSON; the outcome
+# code of the write script when the script decided it (see postback-4.lua); and the call
+# the tags went to, as stored.
+ENTRY_FIELD = b"e"
+OUTCOME_FIELD = b"r"
+CALL_FIELD = b"c"
 SNAPSHOT_FIELD = b"c"  # the field of a call snapshot (the call's JSON) in {prefix}calllog:{N}
 
 
+_INCLUDE = re.compile(r"^-- @include (\S+)$", re.M)
+
+
 def _load_script(name: str) -> str:
-    return resources.files("calltags").joinpath("lua", name).read_text(encoding="utf-8")
+    """A script's text, with each `-- @include FILE` line replaced by that file."""
+    folder = resources.files("calltags").joinpath("lua")
+    text = folder.joinpath(name).read_text(encoding="utf-8")
+    return _INCLUDE.sub(lambda m: folder.joinpath(m.group(1)).read_text(encoding="utf-8"), text)
 
 
 def now_ms() -> int:
@@ -67,6 +90,22 @@ class CallNotFound(Exception):
     pass
 
 
+class RateLimited(Exception):
+    def __init__(self, retry_after_ms: int, limit: float, burst: int):
+        super().__init__(retry_after_ms)
+        self.retry_after_ms = retry_after_ms
+        self.limit = limit
+        self.burst = burst
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: `per_second` tokens a second, at most `burst` at once."""
+
+    per_second: float
+    burst: int
+
+
 def encode_tag(value: str, publisher_id: int, key_id: int, set_at_ms: int) -> str:
     return f"{publisher_id}:{key_id}:{set_at_ms}|{value}"
 
@@ -82,7 +121,7 @@ def decode_call(raw: bytes | str) -> Call:
 
 
 def call_from_doc(doc: dict[str, Any]) -> Call:
-    """A call from its parsed JSON (the format is in lua/connect-2.lua)."""
+    """A call from its parsed JSON (the format is in lua/connect-3.lua)."""
     tags: dict[str, str] = {}
     sources: dict[str, TagSource] = {}
     for name, packed in doc["t"].items():
@@ -103,16 +142,50 @@ def call_from_doc(doc: dict[str, Any]) -> Call:
 
 
 class Store:
-    """Tag writes, connects and call reads, each one Lua call on one caller's keys."""
+    """Tag writes, connects and call reads, each one Lua call on one caller's keys.
 
-    def __init__(self, redis: RedisClient, keys: KeySpace, call_ttl_seconds: int):
+    On a single Redis node (`cluster=False`) commands issued in the same event-loop turn
+    travel together (AutoPipeline), and a postback's rate limit and log append happen
+    inside its script. On Redis Cluster those keys live in other slots, so they are
+    separate commands around the script.
+    """
+
+    def __init__(
+        self, redis: RedisClient, keys: KeySpace, call_ttl_seconds: int, *, cluster: bool = False
+    ):
         self.redis = redis
         self.keys = keys
         self.call_ttl_ms = call_ttl_seconds * SECOND_MS
-        self._postback: AsyncScript = redis.register_script(_load_script("postback-2.lua"))
-        self._connect: AsyncScript = redis.register_script(_load_script("connect-2.lua"))
-        self._end: AsyncScript = redis.register_script(_load_script("end-1.lua"))
+        self.cluster = cluster
+        self._postback: AsyncScript = redis.register_script(_load_script("postback-4.lua"))
+        self._connect: AsyncScript = redis.register_script(_load_script("connect-3.lua"))
+        self._end: AsyncScript = redis.register_script(_load_script("end-2.lua"))
+        self._ratelimit: AsyncScript = redis.register_script(_load_script("ratelimit-1.lua"))
+        self._fail: AsyncScript = redis.register_script(_load_script("fail-1.lua"))
+        scripts = [self._postback, self._connect, self._end, self._ratelimit, self._fail]
+        self._pipe = None if cluster else AutoPipeline(redis, scripts)
         self._snapshot_shards = itertools.cycle(keys.call_log_shards_all())
+        self._log_shards = itertools.cycle(keys.log_shards_all())
+
+    async def _eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        try:
+            if self._pipe is not None:
+                return await self._pipe.evalsha(script, keys, args)
+            return await script(keys=keys, args=args)
+        except RedisError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def _command(self, *args: Any) -> Any:
+        try:
+            if self._pipe is not None:
+                return await self._pipe.execute(*args)
+            return await self.redis.execute_command(*args)
+        except RedisError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def append_log(self, entry: bytes) -> None:
+        """Add a postback log entry whose outcome is already in it (a rejected request)."""
+        await self._command("XADD", next(self._log_shards), "*", ENTRY_FIELD, entry)
 
     async def write_tags(
         self,
@@ -125,28 +198,49 @@ class Store:
         storage_seconds: int,
         call_uuid: str = "",
         at_ms: int | None = None,
+        log_entry: bytes | None = None,
+        rate: RateLimit | None = None,
     ) -> PostbackResult:
         """Apply tags to the caller's live or recent call, or keep them pending.
 
         With `call_uuid`, the post addresses that call; CallNotFound if the caller has none.
+        With `log_entry`, the entry (without its outcome) lands in the postback log with the
+        outcome, whatever it is, before this returns or raises. With `rate`, the key's token
+        bucket is asked first; RateLimited if empty, and nothing is written.
         """
         now = now_ms() if at_ms is None else at_ms
-        args: list[str | int] = [
+        keys = [self.keys.pending(caller), self.keys.calls(caller)]
+        log_shard = next(self._log_shards) if log_entry is not None else None
+        bucket = self.keys.rate_bucket(key_id) if rate is not None else None
+        if self.cluster and rate is not None and bucket is not None:
+            left = await self._eval(self._ratelimit, [bucket], [now, rate.per_second, rate.burst])
+            if left < 0:
+                if log_shard is not None and log_entry is not None:
+                    await self._log_outcome(log_shard, log_entry, -2, None)
+                raise RateLimited(-left, rate.per_second, rate.burst)
+        elif log_shard is not None:
+            keys.append(log_shard)
+            if bucket is not None:
+                keys.append(bucket)
+        args: list[str | int | float | bytes] = [
             now,
             cutoff_seconds * SECOND_MS,
             storage_seconds * SECOND_MS,
             self.call_ttl_ms,
             call_uuid,
+            rate.per_second if rate is not None else 0,
+            rate.burst if rate is not None else 0,
+            log_entry if log_entry is not None and not self.cluster else b"",
         ]
         for name, value in tags.items():
             args.append(name)
             args.append(encode_tag(value, publisher_id, key_id, now))
-        try:
-            code, detail, *call_json = await self._postback(
-                keys=[self.keys.pending(caller), self.keys.calls(caller)], args=args
-            )
-        except RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        code, detail, *call_json = await self._eval(self._postback, keys, args)
+        if self.cluster and log_shard is not None and log_entry is not None:
+            await self._log_outcome(log_shard, log_entry, code, call_json[0] if call_json else None)
+        if code == -2:
+            assert rate is not None
+            raise RateLimited(int(detail), rate.per_second, rate.burst)
         if code < 0:
             raise CallNotFound(call_uuid)
         if code == 0:
@@ -157,6 +251,19 @@ class Store:
             call_json=call_json[0] if call_json else None,
         )
 
+    async def _log_outcome(
+        self, shard: str, entry: bytes, code: int, call_json: bytes | None
+    ) -> None:
+        fields: list[Any] = [ENTRY_FIELD, entry, OUTCOME_FIELD, code]
+        if call_json is not None:
+            fields += [CALL_FIELD, call_json]
+        await self._command("XADD", shard, "*", *fields)
+
+    async def count_failure(self, address: str, window_ms: int) -> tuple[int, int]:
+        """Count a failed key attempt from `address`; (attempts in the window, ms left)."""
+        count, left = await self._eval(self._fail, [self.keys.failures(address)], [window_ms])
+        return int(count), int(left)
+
     async def connect(
         self,
         caller: str,
@@ -166,42 +273,28 @@ class Store:
         campaign: str | None = None,
     ) -> tuple[Call, bool]:
         """Start a live call claiming the caller's pending tags; (call, created)."""
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.set(self.keys.call_index(call_uuid), caller, px=self.call_ttl_ms)
-                await self._connect(
-                    keys=[self.keys.pending(caller), self.keys.calls(caller)],
-                    args=[
-                        call_uuid,
-                        now_ms(),
-                        self.call_ttl_ms,
-                        caller,
-                        publisher_id or "",
-                        campaign or "",
-                    ],
-                    client=pipe,
-                )
-                _, (code, raw) = await pipe.execute()
-        except RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        await self._record(raw)
+        keys = [self.keys.pending(caller), self.keys.calls(caller)]
+        snapshot_shard = next(self._snapshot_shards)
+        if not self.cluster:
+            keys.append(snapshot_shard)
+        args = [call_uuid, now_ms(), self.call_ttl_ms, caller, publisher_id or "", campaign or ""]
+        _, (code, raw) = await asyncio.gather(
+            self._command("SET", self.keys.call_index(call_uuid), caller, "PX", self.call_ttl_ms),
+            self._eval(self._connect, keys, args),
+        )
+        if self.cluster:
+            await self._record(snapshot_shard, raw)
         return decode_call(raw), code == 0
 
     async def caller_of(self, call_uuid: str) -> str | None:
-        try:
-            raw = await self.redis.get(self.keys.call_index(call_uuid))
-        except RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        raw = await self._command("GET", self.keys.call_index(call_uuid))
         return raw.decode() if raw is not None else None
 
     async def get_call(self, call_uuid: str) -> Call:
         caller = await self.caller_of(call_uuid)
         if caller is None:
             raise CallNotFound(call_uuid)
-        try:
-            raw = await self.redis.hget(self.keys.calls(caller), call_uuid)
-        except RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        raw = await self._command("HGET", self.keys.calls(caller), call_uuid)
         if raw is None:
             raise CallNotFound(call_uuid)
         return decode_call(raw)
@@ -211,29 +304,21 @@ class Store:
         caller = await self.caller_of(call_uuid)
         if caller is None:
             raise CallNotFound(call_uuid)
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                await self._end(
-                    keys=[self.keys.calls(caller)],
-                    args=[call_uuid, now_ms(), self.call_ttl_ms],
-                    client=pipe,
-                )
-                pipe.pexpire(self.keys.call_index(call_uuid), self.call_ttl_ms)
-                (code, raw), _ = await pipe.execute()
-        except RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        keys = [self.keys.calls(caller)]
+        snapshot_shard = next(self._snapshot_shards)
+        if not self.cluster:
+            keys.append(snapshot_shard)
+        (code, raw), _ = await asyncio.gather(
+            self._eval(self._end, keys, [call_uuid, now_ms(), self.call_ttl_ms]),
+            self._command("PEXPIRE", self.keys.call_index(call_uuid), self.call_ttl_ms),
+        )
         if code < 0:
             raise CallNotFound(call_uuid)
-        await self._record(raw)
+        if self.cluster:
+            await self._record(snapshot_shard, raw)
         return decode_call(raw), code == 0
 
-    async def _record(self, call_json: bytes) -> None:
-        """Queue a call snapshot for the call records in Postgres (see workers/).
-
-        Also after a connect or end that changed nothing: a client retrying after a 503
-        here re-sends the snapshot, and the workers keep the highest version anyway.
-        """
-        try:
-            await self.redis.xadd(next(self._snapshot_shards), {SNAPSHOT_FIELD: call_json})
-        except RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+    async def _record(self, shard: str, call_json: bytes) -> None:
+        """Queue a call snapshot for the call records in Postgres (see workers/); on a
+        single node the scripts do this themselves."""
+        await self._command("XADD", shard, "*", SNAPSHOT_FIELD, call_json)

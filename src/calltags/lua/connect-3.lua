@@ -1,11 +1,13 @@
 --[[
-  connect-2: start a live call for a caller and claim every pending tag into it.
+  connect-3: start a live call for a caller and claim every pending tag into it.
   One script call per connect, so of any number of concurrent connects for a
   caller exactly one receives a given pending tag.
 
   Input:
     KEYS[1]  pending tags hash   {caller}:p
     KEYS[2]  calls hash          {caller}:c
+    KEYS[3]  optional: call log stream to append the call's snapshot to (field c); on
+             Redis Cluster it lives in another slot and the caller appends it instead
     ARGV[1]  call_uuid
     ARGV[2]  now, ms since the epoch
     ARGV[3]  calls hash lifetime after a write, ms
@@ -27,9 +29,18 @@ local uuid = ARGV[1]
 local now = ARGV[2]
 local call_ttl_ms = tonumber(ARGV[3])
 
+-- Also when nothing changed: a client retrying after a lost reply re-sends the snapshot,
+-- and the workers keep the highest version anyway.
+local function recorded(reply)
+  if KEYS[3] then
+    redis.call('XADD', KEYS[3], '*', 'c', reply[2])
+  end
+  return reply
+end
+
 local existing = redis.call('HGET', KEYS[2], uuid)
 if existing then
-  return {1, existing}
+  return recorded({1, existing})
 end
 
 local tags = {}
@@ -48,4 +59,4 @@ local call = {
 local raw = cjson.encode(call)
 redis.call('HSET', KEYS[2], uuid, raw, '@live', uuid)
 redis.call('PEXPIRE', KEYS[2], call_ttl_ms)
-return {0, raw}
+return recorded({0, raw})

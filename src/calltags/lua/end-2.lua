@@ -1,9 +1,11 @@
 --[[
-  end-1: complete a call. The end-call cut-off of every key starts now: posts
-  within a key's cut-off apply to this call (see postback-2.lua).
+  end-2: complete a call. The end-call cut-off of every key starts now: posts
+  within a key's cut-off apply to this call (see postback-4.lua).
 
   Input:
     KEYS[1]  calls hash          {caller}:c
+    KEYS[2]  optional: call log stream to append the call's snapshot to (field c); on
+             Redis Cluster it lives in another slot and the caller appends it instead
     ARGV[1]  call_uuid
     ARGV[2]  now, ms since the epoch
     ARGV[3]  calls hash lifetime after a write, ms
@@ -21,9 +23,16 @@ local raw = redis.call('HGET', KEYS[1], uuid)
 if not raw then
   return {-1, ''}
 end
+local function recorded(reply)
+  if KEYS[2] then
+    redis.call('XADD', KEYS[2], '*', 'c', reply[2])
+  end
+  return reply
+end
+
 local call = cjson.decode(raw)
 if call.s == 'completed' then
-  return {1, raw}
+  return recorded({1, raw})
 end
 call.s = 'completed'
 call.e = now
@@ -52,4 +61,4 @@ if redis.call('HGET', KEYS[1], '@live') == uuid then
   end
 end
 redis.call('PEXPIRE', KEYS[1], call_ttl_ms)
-return {0, raw}
+return recorded({0, raw})
