@@ -58,11 +58,8 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
-async def json_object(request: Request) -> dict[str, Any]:
-    """The body as a JSON object, or ApiError 400 `invalid_body`."""
-    body = await read_body(request)
-    if not body.strip():
-        return {}
+def parse_object(body: bytes) -> dict[str, Any]:
+    """A JSON object from a body, or ApiError 400 `invalid_body`."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -70,6 +67,12 @@ async def json_object(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_body", "the body must be a JSON object")
     return data
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object ({} when empty), or ApiError 400 `invalid_body`."""
+    body = await read_body(request)
+    return parse_object(body) if body.strip() else {}
 
 
 def require_bearer(request: Request, tokens: Iterable[str | None]) -> None:

@@ -132,6 +132,20 @@ _LOG_PAGE_FILTERS = (
 _HTML = {"description": "an HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
 _REDIRECT = {"description": "redirect (303)"}
 
+# The fields a key create and a key PATCH share.
+_KEY_SETTINGS: dict[str, Any] = {
+    "end_call_cutoff_seconds": {"type": "integer", "minimum": 0, "maximum": 2592000},
+    "storage_duration_seconds": {"type": "integer", "minimum": 60, "maximum": 2592000},
+    "require_signature": {"type": "boolean"},
+    "allowed_cidrs": {
+        "type": "array",
+        "maxItems": 100,
+        "items": {"type": "string", "description": "CIDR, e.g. 203.0.113.0/24"},
+    },
+    "rate_limit_per_second": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1e6},
+    "rate_limit_burst": {"type": ["integer", "null"], "minimum": 1},
+}
+
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "calltags", "version": __version__},
@@ -511,28 +525,7 @@ SPEC: dict[str, Any] = {
                 "properties": {
                     "name": {"type": "string", "minLength": 1, "maxLength": 200},
                     "type": {"type": "string", "enum": ["call_data_writing"]},
-                    "end_call_cutoff_seconds": {
-                        "type": "integer",
-                        "minimum": 0,
-                        "maximum": 2592000,
-                    },
-                    "storage_duration_seconds": {
-                        "type": "integer",
-                        "minimum": 60,
-                        "maximum": 2592000,
-                    },
-                    "require_signature": {"type": "boolean"},
-                    "allowed_cidrs": {
-                        "type": "array",
-                        "maxItems": 100,
-                        "items": {"type": "string", "description": "CIDR, e.g. 203.0.113.0/24"},
-                    },
-                    "rate_limit_per_second": {
-                        "type": ["number", "null"],
-                        "exclusiveMinimum": 0,
-                        "maximum": 1000000,
-                    },
-                    "rate_limit_burst": {"type": ["integer", "null"], "minimum": 1},
+                    **_KEY_SETTINGS,
                 },
             },
             "KeyUpdate": {
@@ -540,28 +533,7 @@ SPEC: dict[str, Any] = {
                 "properties": {
                     "name": {"type": "string", "minLength": 1, "maxLength": 200},
                     "paused": {"type": "boolean"},
-                    "end_call_cutoff_seconds": {
-                        "type": "integer",
-                        "minimum": 0,
-                        "maximum": 2592000,
-                    },
-                    "storage_duration_seconds": {
-                        "type": "integer",
-                        "minimum": 60,
-                        "maximum": 2592000,
-                    },
-                    "require_signature": {"type": "boolean"},
-                    "allowed_cidrs": {
-                        "type": "array",
-                        "maxItems": 100,
-                        "items": {"type": "string", "description": "CIDR, e.g. 203.0.113.0/24"},
-                    },
-                    "rate_limit_per_second": {
-                        "type": ["number", "null"],
-                        "exclusiveMinimum": 0,
-                        "maximum": 1000000,
-                    },
-                    "rate_limit_burst": {"type": ["integer", "null"], "minimum": 1},
+                    **_KEY_SETTINGS,
                 },
             },
             "Key": {

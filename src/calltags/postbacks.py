@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from calltags import errors, phone, signing
 from calltags.errors import ApiError, StoreUnavailable
-from calltags.http import JSONResponse, error_response, iso_ms, read_body
+from calltags.http import JSONResponse, error_response, iso_ms, parse_object, read_body
 from calltags.log import make_entry
 from calltags.publishers import KeyInfo
 from calltags.services import Services, services
@@ -71,12 +71,7 @@ async def _params(request: Request) -> tuple[dict[str, str], bytes]:
     if content_type == "multipart/form-data":
         raise ApiError(415, "unsupported_media_type", "post JSON or a url-encoded form")
     if is_json or (content_type in ("", "text/plain") and body.lstrip()[:1] == b"{"):
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise ApiError(400, "invalid_body", "the body is not valid JSON") from exc
-        if not isinstance(data, dict):
-            raise ApiError(400, "invalid_body", "the JSON body must be an object")
+        data = parse_object(body)
         if len(data) > MAX_PARAMS:
             raise ApiError(400, "invalid_body", f"more than {MAX_PARAMS} parameters")
         for name, value in data.items():
