@@ -33,6 +33,7 @@ import asyncpg
 import httpx
 from redis.asyncio import Redis
 
+from bench.flush_bench import measure_flush
 from calltags import db
 from calltags.devserver import embedded_postgres, embedded_valkey
 from calltags.keys import KeySpace
@@ -241,6 +242,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="A B A B rounds")
     parser.add_argument("--callers", type=int, default=100_000, help="caller pool size")
+    parser.add_argument("--flush-entries", type=int, default=200_000)
     args = parser.parse_args()
     ensure_wrk()
 
@@ -278,6 +280,17 @@ def main() -> None:
                     flush=True,
                 )
 
+    # Flush throughput of one worker, once the web processes are gone.
+    flush = (
+        measure_flush(
+            os.environ.get("REDIS_URL") or "",
+            os.environ.get("DATABASE_URL") or "",
+            entries=args.flush_entries,
+            seconds=10,
+        )
+        if os.environ.get("REDIS_URL") and os.environ.get("DATABASE_URL")
+        else _flush_on_embedded(args.flush_entries)
+    )
     memory = asyncio.run(pending_caller_memory())
     hello_rps = [r["rps"] for r in runs["hello"]]
     summary: dict[str, Any] = {"when": datetime.now(UTC).isoformat(), "args": vars(args)}
@@ -292,16 +305,27 @@ def main() -> None:
             "ratio_to_hello": round(_ratio(rps, hello_rps), 3),
         }
     summary["redis_memory"] = memory
+    summary["flush"] = flush
 
     print(f"\n{'':<10}{'rps':>8}{'p50 ms':>9}{'p99 ms':>9}{'x hello':>9}")
     for label in ("hello", "postback", "connect"):
         s = summary[label]
         print(f"{label:<10}{s['rps']:>8}{s['p50_ms']:>9}{s['p99_ms']:>9}{s['ratio_to_hello']:>9}")
     print(f"\nRedis memory per pending caller with 3 tags: {memory['bytes_per_caller']:.0f} bytes")
+    print(f"flush, one worker: {flush.get('rows_per_second', 0):.0f} rows/s")
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"saved {path.relative_to(HERE.parent)}")
+
+
+def _flush_on_embedded(entries: int) -> dict[str, Any]:
+    with (
+        tempfile.TemporaryDirectory(prefix="calltags-bench-") as folder,
+        embedded_valkey(Path(folder) / "vk") as redis_url,
+        embedded_postgres(Path(folder) / "pg", database="postgres") as server_db,
+    ):
+        return measure_flush(redis_url, server_db, entries=entries, seconds=10)
 
 
 if __name__ == "__main__":
