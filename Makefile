@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check clean
+.PHONY: run test test-faults lint typecheck check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,17 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/calltags run
 
-test: $(STAMP)
+# The tests that exercise Redis, run a second time on a local 3-master Redis Cluster
+# that the fixtures start and stop (tests/cluster.py); test_scaleout runs only there.
+CLUSTER_TESTS := $(addprefix tests/test_,postbacks.py calls.py concurrency.py \
+	key_security.py admin.py log.py log_listings.py worker.py scaleout_store.py scaleout.py)
+
+test: $(STAMP)  # on a single Redis node, then on Redis Cluster
 	$(BIN)/pytest tests
+	CALLTAGS_TEST_REDIS=cluster $(BIN)/pytest $(CLUSTER_TESTS)
+
+test-faults: $(STAMP)  # the real processes under load through faults; see tests/faults/
+	$(BIN)/pytest tests/faults
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,9 +1,10 @@
 """Flush throughput and lag of ONE worker process (`arq workers.flush.WorkerSettings`).
 
 1. Throughput: pre-fills N postback log entries in Redis, starts one worker and times
-   it draining them into Postgres (from its first acknowledged batch to an empty
-   backlog), then prints rows/s, and the CPU seconds the worker, its Postgres backends
-   and Redis spent in that window (when they run on this machine).
+   it draining them into Postgres (from the moment it takes its first entries to an
+   empty backlog, so every row's whole path is inside the window), then prints rows/s,
+   and the CPU seconds the worker, its Postgres backends and Redis spent in that window
+   (when they run on this machine).
 2. Lag at steady load: appends entries at a fixed rate while that worker runs, samples
    the age of the oldest entry waiting in Redis (what /metrics exports as
    calltags_log_oldest_entry_age_seconds) and prints its median, p95 and maximum.
@@ -99,10 +100,13 @@ def _database(url: str, name: str) -> str:
 
 
 @contextlib.contextmanager
-def worker(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+def worker(env: dict[str, str], root: Path = ROOT) -> Iterator[subprocess.Popen[bytes]]:
+    """The worker of the checkout at `root` (its workers/ and src/)."""
+    if root != ROOT:
+        env = {**env, "PYTHONPATH": str(root / "src")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "arq", "workers.flush.WorkerSettings"],
-        cwd=ROOT,
+        cwd=root,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -136,32 +140,42 @@ class _CpuMeter:
         self.database = database
         self.redis = redis
         self.start: dict[str, float | None] = {}
+        self.start_backends: dict[int, float | None] = {}
 
     async def _sample(self) -> dict[str, float | None]:
-        pids = [
-            row["pid"]
-            for row in await self.admin.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE datname = $1", self.database
-            )
-        ]
-        backends = [_cpu_seconds(pid) for pid in pids]
         info = await self.redis.info("cpu")
         return {
             "worker": _cpu_seconds(self.worker_pid),
-            "postgres": None if None in backends or not backends else sum(filter(None, backends)),
             "redis": float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
         }
 
+    async def _backends(self) -> dict[int, float | None]:
+        rows = await self.admin.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1", self.database
+        )
+        return {row["pid"]: _cpu_seconds(row["pid"]) for row in rows}
+
     async def begin(self) -> None:
         self.start = await self._sample()
+        self.start_backends = await self._backends()
 
     async def end(self) -> dict[str, float | None]:
-        """CPU s per process since `begin` (Redis: the whole server, whoever used it)."""
+        """CPU s per process since `begin` (Redis: the whole server, whoever used it;
+        Postgres: the backends of the bench's database, those opened since included)."""
         stop = await self._sample()
         spent: dict[str, float | None] = {}
         for name, first in self.start.items():
             last = stop[name]
             spent[name] = None if first is None or last is None else round(last - first, 2)
+        backends = await self._backends()
+        if None in backends.values() or None in self.start_backends.values():
+            spent["postgres"] = None
+        else:
+            spent["postgres"] = round(
+                sum(cpu or 0.0 for cpu in backends.values())
+                - sum(cpu or 0.0 for pid, cpu in self.start_backends.items() if pid in backends),
+                2,
+            )
         return spent
 
 
@@ -198,6 +212,7 @@ async def _measure(
     rate: int,
     seconds: float,
     profile: Path | None,
+    worker_root: Path,
 ) -> dict[str, Any]:
     name = f"calltags_bench_{secrets.token_hex(4)}"
     prefix = f"ctbench:{secrets.token_hex(4)}:"
@@ -221,21 +236,21 @@ async def _measure(
         print(f"pre-filling {entries} entries over {shards} shards ...", flush=True)
         await append(redis, keys, 0, entries)
 
-        with worker(env) as proc:
-            # 1. throughput: from the first batch acknowledged to an empty backlog.
+        with worker(env, worker_root) as proc:
+            # 1. throughput: from the first entries taken to an empty backlog.
             meter = _CpuMeter(proc.pid, admin, name, redis)
-            while (backlog := (await log.measure()).postbacks) >= entries:
-                await asyncio.sleep(0.005)
+            while not await _taken(redis, keys):
+                await asyncio.sleep(0.002)
             with _profiled(proc.pid, profile):
-                started, left = time.perf_counter(), backlog
+                started = time.perf_counter()
                 await meter.begin()
                 while (await log.measure()).postbacks:
                     await asyncio.sleep(0.02)
                 elapsed = time.perf_counter() - started
                 cpu = await meter.end()
-            throughput = left / elapsed
+            throughput = entries / elapsed
             print(
-                f"throughput: {left} rows in {elapsed:.2f} s = {throughput:,.0f} rows/s",
+                f"throughput: {entries} rows in {elapsed:.2f} s = {throughput:,.0f} rows/s",
                 flush=True,
             )
             print(
@@ -268,6 +283,19 @@ async def _measure(
         await redis.aclose()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def _taken(redis: Redis, keys: KeySpace) -> bool:
+    """True once the worker has taken entries of some shard (pending in its group)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in keys.log_shards_all():
+            pipe.xinfo_groups(shard)
+        replies: list[list[dict[str, Any]]] = await pipe.execute()
+    return any(
+        group["pending"] or group["last-delivered-id"] != b"0-0"
+        for groups in replies
+        for group in groups
+    )
 
 
 async def _steady_load(
@@ -332,14 +360,27 @@ def measure_flush(
     rate: int = 2000,
     seconds: float = 20.0,
     profile: Path | None = None,
+    worker_root: Path = ROOT,
 ) -> dict[str, Any]:
     """Throughput (rows/s) and steady-load lag of one worker process.
 
     `database_url` names a Postgres server where the bench may create (and then drops)
-    a database of its own; `batch` None keeps the worker's CALLTAGS_FLUSH_BATCH default.
+    a database of its own; `batch` None keeps the worker's CALLTAGS_FLUSH_BATCH default;
+    `worker_root` runs the worker of another checkout (say, the last commit's), to
+    compare.
     """
     return asyncio.run(
-        _measure(redis_url, database_url, entries, shards, batch, rate, seconds, profile)
+        _measure(
+            redis_url,
+            database_url,
+            entries,
+            shards,
+            batch,
+            rate,
+            seconds,
+            profile,
+            worker_root,
+        )
     )
 
 
@@ -352,7 +393,15 @@ def main() -> None:
     parser.add_argument(
         "--seconds", type=float, default=20, help="steady load duration (0: throughput only)"
     )
-    parser.add_argument("--profile", type=Path, help="py-spy speedscope file of the worker")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy samples of the worker: FILE.json (speedscope) or FILE"
+    )
+    parser.add_argument(
+        "--worker-root",
+        type=Path,
+        default=ROOT,
+        help="run the worker of this checkout instead (e.g. `git archive HEAD` unpacked)",
+    )
     args = parser.parse_args()
     with stores() as (redis_url, server_url):
         result = measure_flush(
@@ -364,6 +413,7 @@ def main() -> None:
             rate=args.rate,
             seconds=args.seconds,
             profile=args.profile,
+            worker_root=args.worker_root.resolve(),
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "flush.json").write_text(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())

@@ -81,8 +81,10 @@ def _pinned(cpu: str, command: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def server(command: list[str], port: int, env: dict[str, str]) -> Iterator[str]:
-    proc = subprocess.Popen(_pinned(SERVER_CPU, command), env=env, cwd=HERE.parent)
+def server(
+    command: list[str], port: int, env: dict[str, str], cpus: str = SERVER_CPU
+) -> Iterator[str]:
+    proc = subprocess.Popen(_pinned(cpus, command), env=env, cwd=HERE.parent)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -229,11 +231,16 @@ def stores_and_key(callers: int) -> Iterator[Service]:
         yield Service(env, secret, token)
 
 
-def calltags_server(env: dict[str, str]) -> contextlib.AbstractContextManager[str]:
+def calltags_server(
+    env: dict[str, str], web_processes: int = 1
+) -> contextlib.AbstractContextManager[str]:
+    """calltags under uvicorn; `web_processes` > 1 runs that many processes on one port
+    (uvicorn --workers, as WEB_CONCURRENCY does in the Procfile), free to use every core."""
     port = _free_port()
     command = [sys.executable, "-m", "uvicorn", "--factory", "calltags.app:create_app",
-               "--port", str(port), *UVICORN_FLAGS]  # fmt: skip
-    return server(command, port, env)
+               "--port", str(port), "--workers", str(web_processes), *UVICORN_FLAGS]  # fmt: skip
+    cpus = SERVER_CPU if web_processes == 1 else f"0-{(os.cpu_count() or 1) - 1}"
+    return server(command, port, env, cpus=cpus)
 
 
 def main() -> None:
@@ -243,6 +250,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="A B A B rounds")
     parser.add_argument("--callers", type=int, default=100_000, help="caller pool size")
     parser.add_argument("--flush-entries", type=int, default=200_000)
+    parser.add_argument(
+        "--web-processes",
+        type=int,
+        default=1,
+        help="calltags web processes (uvicorn --workers); past 1 they may use every core",
+    )
     args = parser.parse_args()
     ensure_wrk()
 
@@ -258,7 +271,7 @@ def main() -> None:
                 env,
             )
         )  # fmt: skip
-        app = stack.enter_context(calltags_server(env))
+        app = stack.enter_context(calltags_server(env, args.web_processes))
 
         runs: dict[str, list[dict[str, Any]]] = {"hello": [], "postback": [], "connect": []}
         plan = [

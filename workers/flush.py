@@ -9,12 +9,17 @@ CALLTAGS_LOG_RETENTION_DAYS. Jobs are safe to run twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gc
 import logging
 from typing import Any
 
 import uvloop
 from arq.connections import RedisSettings
 from arq.cron import CronJob, cron
+from redis import exceptions as redis_errors
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from calltags.app import redis_client
 from calltags.config import load_settings, require
@@ -24,6 +29,7 @@ from calltags.sink import Sink, create_sink_pool
 log = logging.getLogger("calltags.worker")
 
 STOP_TIMEOUT = 30.0  # s a stopping worker gives the batches in hand to commit
+GC_YOUNG_OBJECTS = 100_000  # containers made between two collections of the youngest ones
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -35,7 +41,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         ours.setLevel(logging.INFO)
     settings = load_settings()
     redis = redis_client(settings)
-    pool = await create_sink_pool(require(settings.database_url, "DATABASE_URL"))
+    pool = await create_sink_pool(require(settings.database_url, "DATABASE_URL"), max_size=int(__import__("os").environ.get("SCRATCH_POOL", "4")))
     sink = Sink(
         redis,
         pool,
@@ -45,6 +51,14 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     stop = asyncio.Event()
     ctx.update(settings=settings, sink=sink, stop=stop, redis_client=redis, pool=pool)
+    # The flush loop makes and drops thousands of small containers a batch (parsed
+    # entries, rows), none in a reference cycle. With Python's default thresholds the
+    # cyclic collector ran dozens of times a batch, and the batch's objects, alive
+    # across those runs, set off full collections walking every object of the process.
+    # What exists now lives as long as the process: frozen, no collection walks it
+    # again; and the young objects are collected less often, most of them freed by then.
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_OBJECTS)
     ctx["flusher"] = asyncio.create_task(sink.run(stop))
     log.info("flushing %d streams as consumer %s", len(sink.streams), sink.consumer)
 
@@ -79,11 +93,28 @@ _settings = load_settings()
 asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def _queue_redis(url: str) -> RedisSettings:
+    """arq's connection, retrying without end: arq's poll loop has no error handling of
+    its own, so a Redis restart would otherwise end the worker process."""
+    return dataclasses.replace(
+        RedisSettings.from_dsn(url),
+        retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError],
+        retry=Retry(
+            ExponentialBackoff(cap=1.0, base=0.05),
+            -1,
+            # OSError too: a refused connect is not a redis ConnectionError.
+            supported_errors=(redis_errors.ConnectionError, redis_errors.TimeoutError, OSError),
+        ),
+    )
+
+
 class WorkerSettings:
     functions: tuple[()] = ()
     cron_jobs: tuple[CronJob, ...] = (cron(maintain, minute={7}, run_at_startup=True),)
     on_startup = startup
     on_shutdown = shutdown
-    redis_settings = RedisSettings.from_dsn(require(_settings.redis_url, "REDIS_URL"))
+    # arq's own queue and cron bookkeeping need a single Redis node: CALLTAGS_QUEUE_URL,
+    # else REDIS_URL (a cluster REDIS_URL without CALLTAGS_QUEUE_URL stops here).
+    redis_settings = _queue_redis(_settings.arq_queue_url())
     # Under the key prefix, so deployments (and test runs) sharing a Redis stay apart.
     queue_name = f"{_settings.redis_prefix}arq:queue"

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route, request_response
 
 from calltags import admin, calls, health, listings, logpage, metrics, openapi, postbacks
-from calltags.config import Settings, load_settings, require
+from calltags.config import CLUSTER_SCHEMES, Settings, load_settings, require
 from calltags.db import create_pool
 from calltags.errors import ApiError, StoreUnavailable
 from calltags.http import error_response
@@ -35,7 +35,9 @@ _BACKLOG_INTERVAL = 0.25  # s between measures of the postback log backlog (back
 def redis_client(settings: Settings) -> RedisClient:
     url = require(settings.redis_url, "REDIS_URL")
     if settings.uses_cluster:
-        cluster: RedisClient = RedisCluster.from_url(url.replace("redis+cluster://", "redis://", 1))
+        # Any node of the cluster: the client learns the others and the slots from it.
+        plain = url.replace("+cluster://", "://", 1) if url.startswith(CLUSTER_SCHEMES) else url
+        cluster: RedisClient = RedisCluster.from_url(plain)
         return cluster
     client: RedisClient = Redis.from_url(url)
     return client

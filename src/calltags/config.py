@@ -11,6 +11,8 @@ from starlette.datastructures import Secret
 
 from calltags.errors import ConfigError
 
+# A REDIS_URL naming a Redis Cluster (any node of it): redis+cluster:// or rediss+cluster://
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 MAX_STORAGE_SECONDS = 2_592_000  # 30 days: the largest storage duration and cut-off a key may have
 
 
@@ -18,6 +20,7 @@ MAX_STORAGE_SECONDS = 2_592_000  # 30 days: the largest storage duration and cut
 class Settings:
     redis_url: str | None
     redis_cluster: bool
+    queue_url: str | None  # the arq workers' queue; None: REDIS_URL (which must be one node)
     database_url: str | None
     port: int
     admin_token: Secret | None
@@ -39,7 +42,20 @@ class Settings:
 
     @property
     def uses_cluster(self) -> bool:
-        return self.redis_cluster or (self.redis_url or "").startswith("redis+cluster://")
+        return self.redis_cluster or (self.redis_url or "").startswith(CLUSTER_SCHEMES)
+
+    def arq_queue_url(self) -> str:
+        """The single-node Redis of the workers' arq queue (arq cannot use a cluster)."""
+        if self.queue_url:
+            if self.queue_url.startswith(CLUSTER_SCHEMES):
+                raise ConfigError("CALLTAGS_QUEUE_URL must name a single Redis node, not a cluster")
+            return self.queue_url
+        if self.uses_cluster:
+            raise ConfigError(
+                "CALLTAGS_QUEUE_URL is not set: REDIS_URL names a Redis Cluster, and the"
+                " workers' arq queue needs a single Redis node"
+            )
+        return require(self.redis_url, "REDIS_URL")
 
 
 def _int(config: Config, name: str, default: int, low: int, high: int) -> int:
@@ -94,6 +110,7 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
     return Settings(
         redis_url=config("REDIS_URL", default="") or None,
         redis_cluster=config("CALLTAGS_REDIS_CLUSTER", default="0").lower() in ("1", "true", "yes"),
+        queue_url=config("CALLTAGS_QUEUE_URL", default="") or None,
         database_url=config("DATABASE_URL", default="") or None,
         port=_int(config, "PORT", 8000, 1, 65535),
         admin_token=_secret(config, "CALLTAGS_ADMIN_TOKEN"),

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from calltags.http import JSONResponse
 from calltags.services import services
+from calltags.store import REDIS_ERRORS
 
 _CHECK_TIMEOUT = 2.0  # s a readiness probe waits for each store
 
@@ -25,7 +25,7 @@ async def readyz(request: Request) -> Response:
     try:
         await asyncio.wait_for(svc.redis.ping(), _CHECK_TIMEOUT)
         checks["redis"] = "ok"
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (*REDIS_ERRORS, OSError, TimeoutError) as exc:
         checks["redis"] = f"unreachable: {type(exc).__name__}"
     try:
         await asyncio.wait_for(svc.pool.fetchval("SELECT 1"), _CHECK_TIMEOUT)

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError
 
 from calltags.errors import StoreUnavailable
 from calltags.keys import KeySpace
 from calltags.store import ENTRY_FIELD as ENTRY_FIELD
-from calltags.store import RedisClient, now_ms
+from calltags.store import REDIS_ERRORS, RedisClient, now_ms
 
 # Caps on what a rejected request may put in the log, so junk cannot flood it.
 MAX_TEXT = 256  # chars of the raw caller number, user agent, call_uuid, tag names
@@ -129,7 +128,7 @@ class PostbackLog:
         """Add one entry; StoreUnavailable if Redis did not take it."""
         try:
             await self.redis.xadd(next(self._shards), {ENTRY_FIELD: orjson.dumps(entry)})
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
 
     async def backlog(self) -> int:
@@ -139,7 +138,7 @@ class PostbackLog:
                 for shard in self.keys.log_shards_all():
                     pipe.xlen(shard)
                 lengths: list[int] = await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
         return sum(lengths)
 
@@ -153,7 +152,7 @@ class PostbackLog:
                     pipe.xlen(stream)
                     pipe.xrange(stream, count=1)
                 replies: list[Any] = await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
         lengths: list[int] = replies[0::2]
         firsts = [stream_id_ms(first[0][0]) for first in replies[1::2] if first]

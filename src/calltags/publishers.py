@@ -12,11 +12,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from redis.exceptions import RedisError
 
 from calltags.errors import StoreUnavailable
 from calltags.keys import KeySpace
-from calltags.store import RedisClient
+from calltags.store import REDIS_ERRORS, RedisClient
 
 KEY_TYPES = ("call_data_writing",)
 SECRET_BYTES = 24  # 192 bits of randomness per key
@@ -315,7 +314,7 @@ class Publishers:
             await self._mirror(row)
         try:
             await self.redis.set(self.keys.mirror_complete(), "1")
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
         return len(rows)
 
@@ -369,7 +368,7 @@ class Publishers:
                     elif previous:
                         pipe.delete(previous)
                 await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
 
 
@@ -411,7 +410,7 @@ class KeyResolver:
         secret_hash = hash_secret(secret)
         try:
             fields = await self.redis.hgetall(self.keys.postback_key(secret_hash))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
         if fields:
             return _info({name.decode(): value for name, value in fields.items()})
@@ -420,7 +419,7 @@ class KeyResolver:
         try:
             if await self.redis.exists(self.keys.mirror_complete()):
                 return None  # the mirror holds every key: no need to ask Postgres
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
         try:
             return await self.fallback.lookup(secret_hash)

@@ -66,6 +66,9 @@ DAY_MS = 86_400_000  # 1 day in ms
 PG_EPOCH_MS = 946_684_800_000  # 2000-01-01 UTC, Postgres' own epoch, in Unix ms
 MAX_MS = 253_402_300_799_999  # the end of year 9999 UTC, in Unix ms
 BLOCK_MS = 1000  # a read waits this long for new entries; also the longest stop delay, ms
+# Most entries one Redis command reads or acknowledges: Redis serves nobody else while
+# it runs (a few µs an entry), so a big batch is read and acknowledged in slices.
+REDIS_SLICE = 1000
 PARTITION_DAYS_AHEAD = 3  # day partitions of the postback log kept ready beyond today
 CONSUMER_MAX_IDLE_MS = DAY_MS  # a consumer idle this long with nothing pending is removed
 BACKOFF_FIRST = 0.1  # s before the first retry; doubles up to `max_backoff`
@@ -138,11 +141,34 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _loads(raw: bytes | None) -> Any:
+def _loads(raw: bytes | None, clean: bool = True) -> Any:
+    """Parsed JSON; `clean`: with NUL characters replaced. Without, a NUL makes the
+    batch's COPY fail, and the batch is then made again, checked (and cleaned)."""
     if raw is None:
         raise ValueError("the entry has no payload")
     doc = orjson.loads(raw)
-    return _clean(doc) if b"\\u0000" in raw else doc
+    return _clean(doc) if clean and b"\\u0000" in raw else doc
+
+
+def _outcome(code: bytes) -> tuple[str | None, str | None, int] | None:
+    """(status, error, http_status) of a write script's outcome code; None if unknown."""
+    try:
+        return POSTBACK_OUTCOMES.get(int(code))
+    except ValueError:
+        return None
+
+
+def _snapshot(value: bytes, stream: str, entry_id: bytes, clean: bool) -> Any:
+    """The call JSON an entry carries (field c), parsed; None if it cannot be read (the
+    entry's own row is kept all the same)."""
+    try:
+        snapshot = _loads(value, clean)
+    except ValueError:
+        snapshot = None
+    if not isinstance(snapshot, dict):
+        log.error("dropped unreadable call snapshot in %s %r", stream, entry_id)
+        return None
+    return snapshot
 
 
 def _uuid(text: str) -> str:
@@ -295,6 +321,10 @@ async def create_sink_pool(dsn: str, max_size: int = 4) -> asyncpg.Pool:
     return pool
 
 
+def _script(name: str) -> str:
+    return resources.files("calltags").joinpath("lua", name).read_text(encoding="utf-8")
+
+
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
@@ -347,9 +377,7 @@ class Sink:
         self._claim_cursor: dict[str, bytes] = {}
         self._claim_due: dict[str, float] = {}
         self._days: set[int] = set()  # days (since the epoch) known to have a partition
-        self._ack: AsyncScript = redis.register_script(
-            resources.files("calltags").joinpath("lua", "ack-1.lua").read_text(encoding="utf-8")
-        )
+        self._ack: AsyncScript = redis.register_script(_script("ack-1.lua"))
 
     @property
     def streams(self) -> list[str]:
@@ -414,10 +442,23 @@ class Sink:
                     raise
 
     async def _read(self, stream: str, block_ms: int | None) -> list[Entry]:
+        """Up to `batch` new entries, read in slices; the first read waits up to
+        `block_ms` for one to come."""
+        entries = await self._read_slice(stream, min(self.batch, REDIS_SLICE), block_ms)
+        last = len(entries)
+        while last == REDIS_SLICE and len(entries) < self.batch:  # maybe more waiting
+            more = await self._read_slice(stream, min(self.batch - len(entries), REDIS_SLICE))
+            entries += more
+            last = len(more)
+        return entries
+
+    async def _read_slice(
+        self, stream: str, count: int, block_ms: int | None = None
+    ) -> list[Entry]:
         for attempt in (1, 2):
             try:
                 reply = await self.redis.xreadgroup(
-                    SINK_GROUP, self.consumer, {stream: ">"}, count=self.batch, block=block_ms
+                    SINK_GROUP, self.consumer, {stream: ">"}, count=count, block=block_ms
                 )
                 break
             except ResponseError as exc:  # no group yet (first run, or Redis lost it)
@@ -437,7 +478,12 @@ class Sink:
         cursor = self._claim_cursor.get(stream, b"0-0")
         try:
             reply = await self.redis.xautoclaim(
-                stream, SINK_GROUP, self.consumer, self.claim_idle_ms, cursor, count=self.batch
+                stream,
+                SINK_GROUP,
+                self.consumer,
+                self.claim_idle_ms,
+                cursor,
+                count=min(self.batch, REDIS_SLICE),
             )
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -455,7 +501,10 @@ class Sink:
         return claimed
 
     async def _acknowledge(self, stream: str, ids: list[bytes]) -> None:
-        await self._ack(keys=[stream], args=[SINK_GROUP, *ids])
+        for first in range(0, len(ids), REDIS_SLICE):
+            await self._ack(
+                keys=[stream], args=[SINK_GROUP, b" ".join(ids[first : first + REDIS_SLICE])]
+            )
 
     # -- Postgres side -------------------------------------------------------------------
 
@@ -475,11 +524,22 @@ class Sink:
         for entry_id, fields in batch:
             raw = fields.get(ENTRY_FIELD) if fields else None
             try:
-                doc = _loads(raw)
+                doc = _loads(raw, checked)
+                snapshot = None
                 if fields is not None and len(fields) > 1:  # an outcome, a call, or both
-                    snapshot = self._outcome(doc, fields, unknown)
-                else:
-                    snapshot = doc.get("call")
+                    code = fields.get(OUTCOME_FIELD)
+                    if code is not None:  # the write script's outcome decides the status
+                        outcome = _outcome(code)
+                        if outcome is None:
+                            unknown.append(code)
+                        else:
+                            doc["status"], doc["error"], doc["http_status"] = outcome
+                    if (found := fields.get(CALL_FIELD)) is not None:
+                        snapshot = _snapshot(found, stream, entry_id, checked)
+                        if snapshot is not None and doc.get("call_uuid") is None:
+                            doc["call_uuid"] = snapshot.get("u")  # the call the tags went to
+                if snapshot is None:
+                    snapshot = doc.get("call")  # entries written before field c existed
                 try:
                     row = postback_row(doc) if checked else _POSTBACK_VALUES(doc)
                 except KeyError:  # an entry without some value: its row is made with care
@@ -503,31 +563,6 @@ class Sink:
                 unknown[0],
             )
         return postbacks, calls
-
-    @staticmethod
-    def _outcome(doc: Any, fields: dict[bytes, bytes], unknown: list[bytes]) -> Any:
-        """Apply an entry's outcome code (field r) to its JSON; the call snapshot it
-        carries (field c, else the JSON's "call"), parsed, or None."""
-        code = fields.get(OUTCOME_FIELD)
-        if code is not None:
-            try:
-                outcome = POSTBACK_OUTCOMES.get(int(code))
-            except ValueError:
-                outcome = None
-            if outcome is None:
-                unknown.append(code)
-            else:
-                doc["status"], doc["error"], doc["http_status"] = outcome
-        raw_call = fields.get(CALL_FIELD)
-        if raw_call is None:
-            return doc.get("call")
-        try:
-            snapshot = _loads(raw_call)
-        except ValueError:
-            return None  # the entry's row is kept; call_row would drop it anyway
-        if doc.get("call_uuid") is None and isinstance(snapshot, dict):
-            doc["call_uuid"] = snapshot.get("u")  # the call the tags went to
-        return snapshot
 
     @staticmethod
     def _call_rows(stream: str, batch: list[Entry]) -> list[Row]:

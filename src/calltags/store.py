@@ -13,7 +13,7 @@ from typing import Any, TypeAlias
 import orjson
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from calltags.autopipe import AutoPipeline
 from calltags.errors import StoreUnavailable
@@ -21,6 +21,9 @@ from calltags.keys import SECOND_MS, KeySpace
 
 # A single-node or cluster client: the two share the command API calltags uses.
 RedisClient: TypeAlias = Redis | RedisCluster
+# What a command raises when Redis cannot answer it. The cluster client raises
+# RedisClusterException, which is no RedisError, when it reaches no node at all.
+REDIS_ERRORS = (RedisError, RedisClusterException)
 
 STATUS_STORED = "call not found, tags stored"
 STATUS_LIVE = "call in progress, tags applied"
@@ -172,7 +175,7 @@ class Store:
             if self._pipe is not None:
                 return await self._pipe.evalsha(script, keys, args)
             return await script(keys=keys, args=args)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
 
     async def _command(self, *args: Any) -> Any:
@@ -180,7 +183,7 @@ class Store:
             if self._pipe is not None:
                 return await self._pipe.execute(*args)
             return await self.redis.execute_command(*args)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
 
     async def append_log(self, entry: bytes) -> None:
@@ -212,12 +215,15 @@ class Store:
         keys = [self.keys.pending(caller), self.keys.calls(caller)]
         log_shard = next(self._log_shards) if log_entry is not None else None
         bucket = self.keys.rate_bucket(key_id) if rate is not None else None
-        if self.cluster and rate is not None and bucket is not None:
-            left = await self._eval(self._ratelimit, [bucket], [now, rate.per_second, rate.burst])
-            if left < 0:
-                if log_shard is not None and log_entry is not None:
-                    await self._log_outcome(log_shard, log_entry, -2, None)
-                raise RateLimited(-left, rate.per_second, rate.burst)
+        if self.cluster:  # the script gets the caller's keys only: they share one slot
+            if rate is not None and bucket is not None:
+                left = await self._eval(
+                    self._ratelimit, [bucket], [now, rate.per_second, rate.burst]
+                )
+                if left < 0:
+                    if log_shard is not None and log_entry is not None:
+                        await self._log_outcome(log_shard, log_entry, -2, None)
+                    raise RateLimited(-left, rate.per_second, rate.burst)
         elif log_shard is not None:
             keys.append(log_shard)
             if bucket is not None:

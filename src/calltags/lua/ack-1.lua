@@ -7,17 +7,22 @@
   Input:
     KEYS[1]  a log stream          {prefix}log:{N} or {prefix}calllog:{N}
     ARGV[1]  consumer group
-    ARGV[2], ARGV[3], ...  entry IDs
+    ARGV[2]  the entry IDs, separated by spaces: one argument for a batch of thousands,
+             which the client then sends without handling each ID
 
   Output:
     the number of entries deleted
 ]]
 local group = ARGV[1]
+local ids = {}
+for id in string.gmatch(ARGV[2], '%S+') do
+  ids[#ids + 1] = id
+end
 local done = 0
 -- In slices: unpack() of many thousand IDs would overflow Lua's stack.
-for first = 2, #ARGV, 1000 do
-  local last = math.min(first + 999, #ARGV)
-  redis.call('XACK', KEYS[1], group, unpack(ARGV, first, last))
-  done = done + redis.call('XDEL', KEYS[1], unpack(ARGV, first, last))
+for first = 1, #ids, 1000 do
+  local last = math.min(first + 999, #ids)
+  redis.call('XACK', KEYS[1], group, unpack(ids, first, last))
+  done = done + redis.call('XDEL', KEYS[1], unpack(ids, first, last))
 end
 return done
