@@ -41,7 +41,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         ours.setLevel(logging.INFO)
     settings = load_settings()
     redis = redis_client(settings)
-    pool = await create_sink_pool(require(settings.database_url, "DATABASE_URL"), max_size=int(__import__("os").environ.get("SCRATCH_POOL", "4")))
+    pool = await create_sink_pool(require(settings.database_url, "DATABASE_URL"))
     sink = Sink(
         redis,
         pool,
