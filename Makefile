@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(BIN)/calltags run
 
 # The tests that exercise Redis, run a second time on a local 3-master Redis Cluster
-# that the fixtures start and stop (tests/cluster.py); test_scaleout runs only there.
+# that the fixtures start and stop (tests/cluster.py).
 CLUSTER_TESTS := $(addprefix tests/test_,postbacks.py calls.py concurrency.py \
 	key_security.py admin.py log.py log_listings.py worker.py scaleout_store.py scaleout.py)
 
