@@ -46,9 +46,12 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	touch $(BENCH_STAMP)
 
-.PHONY: bench bench-locust
+.PHONY: bench bench-locust bench-flush
 bench: $(STAMP)  # side-by-side peak measurement with wrk; see bench/README.md
 	$(BIN)/python -m bench.run
+
+bench-flush: $(STAMP)  # one worker's flush throughput (rows/s) and lag; see bench/README.md
+	$(BIN)/python -m bench.flush_bench
 
 bench-locust: $(BENCH_STAMP)  # realistic mixed load for a fixed time, reports in bench/results/
 	$(BIN)/python -m bench.locust_run
