@@ -9,12 +9,12 @@ CALLTAGS_LOG_RETENTION_DAYS. Jobs are safe to run twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
 from typing import Any
 
-import uvloop
 from arq.connections import RedisSettings
 from arq.cron import CronJob, cron
 from redis import exceptions as redis_errors
@@ -88,9 +88,13 @@ async def maintain(ctx: dict[str, Any]) -> dict[str, int]:
 # arq reads its settings from this class when the module is imported, so the
 # environment is read here, once.
 _settings = load_settings()
-# arq makes its event loop after importing this module: uvloop's, which spends less of
-# the worker's CPU on sockets than asyncio's own.
-asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+# arq makes its event loop after importing this module: uvloop's where it is installed
+# (uvicorn[standard] brings it, but not on Windows), which spends less of the worker's
+# CPU on sockets than asyncio's own.
+with contextlib.suppress(ImportError):
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def _queue_redis(url: str) -> RedisSettings:
