@@ -56,3 +56,7 @@ def not_found(code: str, message: str) -> ApiError:
 
 def invalid_request(message: str) -> ApiError:
     return ApiError(422, "invalid_request", message)
+
+
+def method_not_allowed() -> ApiError:
+    return ApiError(405, "method_not_allowed", "Method Not Allowed")

@@ -1,23 +1,34 @@
-"""The publisher API: GET|POST /data_writing and /data_writing/{key}."""
+"""The publisher API: GET|POST /data_writing and /data_writing/{key}.
+
+The busiest endpoint, so it is a plain ASGI app reading the scope itself, without
+Starlette's Request and Response objects: `App` (app.py) hands it GET and POST requests
+without an Origin header directly, and the rest (browsers' CORS requests, OPTIONS)
+through Starlette's router and CORSMiddleware, so both see the same handler.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from calltags import errors, phone, signing
 from calltags.errors import ApiError, StoreUnavailable
-from calltags.http import JSONResponse, error_response, iso_ms, parse_object, read_body
+from calltags.http import MAX_BODY_BYTES, iso_ms, parse_object, too_large
 from calltags.log import make_entry
 from calltags.publishers import KeyInfo
-from calltags.services import Services, services
+from calltags.services import Services
 from calltags.store import CallNotFound, PostbackResult, RateLimit, RateLimited, now_ms
+
+log = logging.getLogger("calltags")
+
+PATH = "/data_writing"
+_KEYED = PATH + "/"
 
 MAX_TAGS = 100
 MAX_TAG_VALUE_BYTES = 1024
@@ -54,19 +65,79 @@ def _form_pairs(body: bytes) -> list[tuple[str, str]]:
         raise ApiError(400, "invalid_body", f"more than {MAX_PARAMS} parameters") from exc
 
 
-async def _params(request: Request) -> tuple[dict[str, str], bytes]:
+def path_key(path: str) -> str | None:
+    """The key in a /data_writing/{key} path; "" for /data_writing; None for any other
+    path (a slash in the key, an empty key)."""
+    if path == PATH:
+        return ""
+    if path.startswith(_KEYED):
+        key = path[len(_KEYED) :]
+        if key and "/" not in key:
+            return key
+    return None
+
+
+class _Posted:
+    """A request as this endpoint reads it, straight from the ASGI scope."""
+
+    __slots__ = ("address", "headers", "method", "path", "query", "receive", "started_ns")
+
+    def __init__(self, scope: Scope, receive: Receive):
+        self.started_ns = time.perf_counter_ns()
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.query: bytes = scope["query_string"]
+        # Names arrive lower-cased; of a repeated header the last one wins.
+        self.headers: dict[bytes, bytes] = dict(scope["headers"])
+        client = scope.get("client")
+        self.address: str | None = client[0] if client else None
+        self.receive = receive
+
+    def header(self, name: bytes) -> str | None:
+        value = self.headers.get(name)
+        return value.decode("latin-1") if value is not None else None
+
+    async def body(self, limit: int = MAX_BODY_BYTES) -> bytes:
+        """The body, or ApiError 413 once it passes `limit` bytes."""
+        declared = self.headers.get(b"content-length")
+        if declared is not None:
+            try:
+                if int(declared) > limit:
+                    raise too_large()
+            except ValueError as exc:
+                raise ApiError(400, "invalid_body", "Content-Length is not a number") from exc
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ApiError(400, "invalid_body", "the client left before the body ended")
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+async def _params(posted: _Posted) -> tuple[dict[str, str], bytes]:
     """Query parameters, overridden by a form or JSON body's (the last of a repeat wins),
     and the raw body."""
-    query = request.query_params.multi_items()
-    if len(query) > MAX_PARAMS:
-        raise ApiError(400, "invalid_request", f"more than {MAX_PARAMS} parameters")
+    try:
+        # As Starlette reads a query string: Latin-1 text, %-escapes as UTF-8.
+        query = parse_qsl(
+            posted.query.decode("latin-1"), keep_blank_values=True, max_num_fields=MAX_PARAMS
+        )
+    except ValueError as exc:
+        raise ApiError(400, "invalid_request", f"more than {MAX_PARAMS} parameters") from exc
     params = dict(query)
-    if request.method != "POST":
+    if posted.method != "POST":
         return params, b""
-    body = await read_body(request)
+    body = await posted.body()
     if not body.strip():
         return params, body
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = (posted.header(b"content-type") or "").split(";")[0].strip().lower()
     is_json = content_type == "application/json" or content_type.endswith("+json")
     if content_type == "multipart/form-data":
         raise ApiError(415, "unsupported_media_type", "post JSON or a url-encoded form")
@@ -111,10 +182,11 @@ class _Outcome:
 
     __slots__ = (
         "call_json", "call_uuid", "caller_number", "caller_raw", "key", "logged", "params",
-        "secret", "tags",
+        "received_ms", "secret", "tags",
     )  # fmt: skip
 
     def __init__(self) -> None:
+        self.received_ms = now_ms()
         self.params: dict[str, str] = {}
         self.secret: str | None = None
         self.key: KeyInfo | None = None
@@ -126,26 +198,13 @@ class _Outcome:
         self.logged = False  # the store appended the log entry with the write
 
 
-class _Request:
-    """The parts of the request the log entry needs, read once."""
-
-    __slots__ = ("address", "method", "received_ms", "started_ns", "user_agent")
-
-    def __init__(self, request: Request):
-        self.started_ns = time.perf_counter_ns()
-        self.received_ms = now_ms()
-        self.method = request.method
-        self.address = request.client.host if request.client else None
-        self.user_agent = request.headers.get("user-agent")
-
-
-def _entry(req: _Request, out: _Outcome, failure: ApiError | None, status: str | None) -> bytes:
+def _entry(req: _Posted, out: _Outcome, failure: ApiError | None, status: str | None) -> bytes:
     tags = out.tags
     if tags is None:
         tags = {k: v for k, v in out.params.items() if k not in RESERVED}
     return orjson.dumps(
         make_entry(
-            received_ms=req.received_ms,
+            received_ms=out.received_ms,
             method=req.method,
             publisher_id=out.key.publisher_id if out.key else None,
             key_id=out.key.id if out.key else None,
@@ -158,7 +217,7 @@ def _entry(req: _Request, out: _Outcome, failure: ApiError | None, status: str |
             error=failure.code if failure is not None else None,
             http_status=failure.status if failure is not None else 200,
             remote_addr=req.address,
-            user_agent=req.user_agent,
+            user_agent=req.header(b"user-agent"),
             latency_us=(time.perf_counter_ns() - req.started_ns) // 1000,
         )
     )
@@ -180,7 +239,7 @@ def _rate_limited(exc: RateLimited) -> ApiError:
     )
 
 
-async def _key(request: Request, svc: Services, req: _Request, secret: str) -> KeyInfo:
+async def _key(svc: Services, req: _Posted, secret: str) -> KeyInfo:
     """The usable key for `secret`, or the ApiError that refuses it."""
     address = req.address or ""
     guard = svc.guard
@@ -208,25 +267,25 @@ async def _key(request: Request, svc: Services, req: _Request, secret: str) -> K
     return key
 
 
-async def _handle(request: Request, svc: Services, req: _Request, out: _Outcome) -> dict[str, Any]:
-    params, raw_body = await _params(request)
+async def _handle(svc: Services, req: _Posted, out: _Outcome) -> dict[str, Any]:
+    params, raw_body = await _params(req)
     out.params = params
-    secret = request.path_params.get("key") or params.get("key")
+    secret = path_key(req.path) or params.get("key")
     if not secret:
         raise errors.missing_key()
     out.secret = secret
-    out.key = key = await _key(request, svc, req, secret)
-    presented = request.headers.get(signing.SIGNATURE_HEADER)
+    out.key = key = await _key(svc, req, secret)
+    presented = req.header(_SIGNATURE)
     if key.require_signature or presented:
         signing.verify(
             key.signing_secret,
-            timestamp=request.headers.get(signing.TIMESTAMP_HEADER),
+            timestamp=req.header(_TIMESTAMP),
             presented=presented,
             method=req.method,
-            path=request.url.path,
-            query=request.url.query,
+            path=req.path,
+            query=req.query.decode("latin-1"),
             body=raw_body,
-            now=req.received_ms / 1000,
+            now=out.received_ms / 1000,
             tolerance=svc.settings.signature_tolerance_seconds,
         )
 
@@ -275,17 +334,31 @@ async def _handle(request: Request, svc: Services, req: _Request, out: _Outcome)
     return body
 
 
-async def data_writing(request: Request) -> Response:
-    if request.method == "OPTIONS":  # not a CORS preflight, which the middleware answers
-        return Response(status_code=204, headers={"Allow": "GET, POST, OPTIONS"})
-    svc = services(request)
+_SIGNATURE = signing.SIGNATURE_HEADER.encode()
+_TIMESTAMP = signing.TIMESTAMP_HEADER.encode()
+_JSON = (b"content-type", b"application/json")
+_VARY = (b"vary", b"Origin")  # answers differ by Origin (CORS): caches must know
+
+
+def _error_body(exc: ApiError) -> bytes:
+    return orjson.dumps({"error": exc.code, "message": exc.message})
+
+
+_Answer = tuple[int, bytes, dict[str, str] | None]  # HTTP status, JSON body, extra headers
+
+
+def _failed(exc: ApiError) -> _Answer:
+    return exc.status, _error_body(exc), exc.headers
+
+
+async def _answer(svc: Services, req: _Posted) -> _Answer:
+    """What a GET or POST gets."""
     if svc.log.full:  # refused before any write; not logged: the log is what is full
         svc.log.refused += 1
-        return error_response(errors.unavailable("the postback log is full, retry shortly"))
-    req = _Request(request)
+        return _failed(errors.unavailable("the postback log is full, retry shortly"))
     out = _Outcome()
     try:
-        return JSONResponse(await _handle(request, svc, req, out))
+        return 200, orjson.dumps(await _handle(svc, req, out)), None
     except ApiError as exc:
         failure = exc
     except StoreUnavailable:
@@ -295,5 +368,28 @@ async def data_writing(request: Request) -> Response:
         try:
             await svc.store.append_log(_entry(req, out, failure, None))
         except StoreUnavailable:
-            return error_response(errors.unavailable())
-    return error_response(failure)
+            return _failed(errors.unavailable())
+    return _failed(failure)
+
+
+async def data_writing(scope: Scope, receive: Receive, send: Send) -> None:
+    """The ASGI app of /data_writing and /data_writing/{key}."""
+    method = scope["method"]
+    headers: dict[str, str] | None = None
+    if method == "GET" or method == "POST":
+        svc: Services = scope["app"].state.services
+        try:
+            status, body, headers = await _answer(svc, _Posted(scope, receive))
+        except Exception:  # a bug: answered as JSON like every other failure here
+            log.exception("postback failed")
+            status, body = 500, b'{"error":"internal_error","message":"internal error"}'
+    elif method == "OPTIONS":  # not a CORS preflight, which CORSMiddleware answers
+        status, body, headers = 204, b"", {"Allow": "GET, POST, OPTIONS"}
+    else:
+        allow = {"Allow": "GET, POST, OPTIONS"}
+        status, body, headers = 405, _error_body(errors.method_not_allowed()), allow
+    response = [_VARY] if status == 204 else [_JSON, (b"content-length", b"%d" % len(body)), _VARY]
+    if headers:
+        response += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": response})
+    await send({"type": "http.response.body", "body": body})
