@@ -4,6 +4,10 @@ Under load many requests wait on Redis at once; sending their commands together 
 one round trip and one connection checkout for all of them instead of one each. Every
 command keeps its own meaning (a Lua script still runs atomically on its own); only the
 transport is shared. Scripts are called by SHA and loaded again if Redis lost them.
+
+A batch is packed by hiredis (C) and written on one of redis-py's pooled connections,
+whose parser (hiredis too) reads the replies: redis-py's own Pipeline packs in Python,
+which cost more than a quarter of a postback's time in redis-py.
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import hiredis
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
 
 _Pending = list[tuple[tuple[Any, ...], "asyncio.Future[Any]"]]
 
@@ -68,8 +73,25 @@ class AutoPipeline:
                 future.set_result(reply)
 
     async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for args in commands:
-            pipe.execute_command(*args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        """The replies, in order; a command's error is its reply, as an exception."""
+        try:
+            packed = b"".join([hiredis.pack_command(args) for args in commands])
+        except TypeError as exc:
+            raise DataError(str(exc)) from exc
+        pool = self._redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(packed, check_health=False)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            # A reply may be half read: the connection cannot be trusted with another.
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
         return replies
