@@ -17,6 +17,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from calltags import admin, calls, health, listings, logpage, metrics, openapi, postbacks
+from calltags.asgi import Endpoint
 from calltags.config import CLUSTER_SCHEMES, Settings, load_settings, require
 from calltags.db import create_pool
 from calltags.errors import ApiError, StoreUnavailable
@@ -108,24 +109,28 @@ def _data_writing_app() -> CORSMiddleware:
 
 class App(Starlette):
     """Starlette, with a short way in for the busiest requests: a GET or POST to
-    /data_writing without an Origin header (a server's postback, not a browser's) goes
-    straight to its handler. Every other request, those with Origin included (CORS
-    headers are added by CORSMiddleware), goes through the router and middleware."""
+    /data_writing without an Origin header (a server's postback, not a browser's), and
+    POST /calls (a connect), go straight to their handlers (see asgi.py). Every other
+    request, postbacks with Origin included (CORSMiddleware adds their CORS headers),
+    goes through the router and middleware; the routes name the same handlers."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["method"] in _DIRECT_METHODS
-            and postbacks.path_key(scope["path"]) is not None
-            and not any(name == b"origin" for name, _ in scope["headers"])
-        ):
-            scope["app"] = self
-            await postbacks.data_writing(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            method = scope["method"]
+            path = scope["path"]
+            if method == "POST" and path == "/calls":
+                scope["app"] = self
+                await calls.connect(scope, receive, send)
+                return
+            if (
+                (method == "GET" or method == "POST")
+                and postbacks.path_key(path) is not None
+                and not any(name == b"origin" for name, _ in scope["headers"])
+            ):
+                scope["app"] = self
+                await postbacks.data_writing(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
-
-
-_DIRECT_METHODS = frozenset(("GET", "POST"))
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -152,7 +157,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         Route("/data_writing", data_writing, methods=["GET", "POST", "OPTIONS"]),
         Route("/data_writing/{key}", data_writing, methods=["GET", "POST", "OPTIONS"]),
-        Route("/calls", calls.connect, methods=["POST"]),
+        Route("/calls", Endpoint(calls.connect), methods=["POST"]),
         Route("/calls/{call_uuid}", calls.get_call, methods=["GET"]),
         Route("/calls/{call_uuid}/end", calls.end_call, methods=["POST"]),
         Route("/admin/publishers", admin.create_publisher, methods=["POST"]),

@@ -59,10 +59,12 @@ class AutoPipeline:
                 again = await self._send([batch[n][0] for n in missing])
                 for n, reply in zip(missing, again, strict=True):
                     replies[n] = reply
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # every waiting request gets it; none waits forever
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
+            if not isinstance(exc, RedisError | OSError):
+                raise
             return
         for (_, future), reply in zip(batch, replies, strict=True):
             if future.done():  # the request went away meanwhile

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
-from datetime import UTC, datetime
+import time
+from collections.abc import AsyncIterator, Iterable
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -30,9 +31,15 @@ def error_response(exc: ApiError) -> JSONResponse:
     )
 
 
+@lru_cache(maxsize=4096)
+def _iso_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def iso_ms(ms: int) -> str:
     """Epoch milliseconds as ISO 8601 UTC, e.g. 2026-11-29T12:00:00.123Z."""
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    seconds, millis = divmod(ms, 1000)
+    return f"{_iso_second(seconds)}.{millis:03d}Z"
 
 
 def too_large() -> ApiError:
@@ -41,21 +48,28 @@ def too_large() -> ApiError:
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The request body, or ApiError 413 once it passes `limit` bytes."""
-    declared = request.headers.get("content-length")
+    return await collect_body(request.headers.get("content-length"), request.stream(), limit)
+
+
+async def collect_body(
+    declared: str | bytes | None, chunks: AsyncIterator[bytes], limit: int = MAX_BODY_BYTES
+) -> bytes:
+    """A body from its chunks, or ApiError 413 once it passes `limit` bytes (at once when
+    `declared`, the Content-Length, says so; 400 when that is no number)."""
     if declared is not None:
         try:
             if int(declared) > limit:
                 raise too_large()
         except ValueError as exc:
             raise ApiError(400, "invalid_body", "Content-Length is not a number") from exc
-    chunks: list[bytes] = []
+    parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
             raise too_large()
-        chunks.append(chunk)
-    return b"".join(chunks)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def parse_object(body: bytes) -> dict[str, Any]:
@@ -77,8 +91,12 @@ async def json_object(request: Request) -> dict[str, Any]:
 
 def require_bearer(request: Request, tokens: Iterable[str | None]) -> None:
     """ApiError 401 unless the Authorization header carries one of `tokens`."""
-    header = request.headers.get("authorization", "")
-    scheme, _, presented = header.partition(" ")
+    check_bearer(request.headers.get("authorization"), tokens)
+
+
+def check_bearer(header: str | None, tokens: Iterable[str | None]) -> None:
+    """ApiError 401 unless `header` (Authorization) carries one of `tokens`."""
+    scheme, _, presented = (header or "").partition(" ")
     if scheme.lower() == "bearer" and presented:
         given = presented.strip().encode("utf-8", "surrogatepass")
         for token in tokens:

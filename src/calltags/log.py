@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from calltags.errors import StoreUnavailable
+from calltags.ids import random_uuid
 from calltags.keys import KeySpace
 from calltags.store import ENTRY_FIELD as ENTRY_FIELD
 from calltags.store import REDIS_ERRORS, RedisClient, now_ms
@@ -59,11 +59,13 @@ def make_entry(
     user_agent: str | None,
     latency_us: int,
     call: bytes | None = None,
+    tags_checked: bool = False,
 ) -> dict[str, Any]:
     """The entry; `call` is the JSON of the call the post applied tags to, which the
-    workers turn into the call's record."""
+    workers turn into the call's record. `tags_checked`: the tags passed the postback's
+    own rules, which are stricter than the log's caps, so they are logged as they are."""
     entry = {
-        "id": str(uuid.uuid4()),
+        "id": random_uuid(),
         "received_at": received_ms,
         "method": method,
         "publisher_id": publisher_id,
@@ -72,7 +74,7 @@ def make_entry(
         "caller_raw": _cap(caller_raw),
         "caller_number": caller_number,
         "call_uuid": _cap(call_uuid),
-        "tags": cap_tags(tags),
+        "tags": tags if tags_checked else cap_tags(tags),
         "status": status,
         "error": error,
         "http_status": http_status,

@@ -8,7 +8,6 @@ through Starlette's router and CORSMiddleware, so both see the same handler.
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from typing import Any
@@ -18,14 +17,13 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from calltags import errors, phone, signing
+from calltags.asgi import Answer, Incoming, failed, guarded, send_json
 from calltags.errors import ApiError, StoreUnavailable
-from calltags.http import MAX_BODY_BYTES, iso_ms, parse_object, too_large
+from calltags.http import iso_ms, parse_object
 from calltags.log import make_entry
 from calltags.publishers import KeyInfo
 from calltags.services import Services
 from calltags.store import CallNotFound, PostbackResult, RateLimit, RateLimited, now_ms
-
-log = logging.getLogger("calltags")
 
 PATH = "/data_writing"
 _KEYED = PATH + "/"
@@ -77,51 +75,7 @@ def path_key(path: str) -> str | None:
     return None
 
 
-class _Posted:
-    """A request as this endpoint reads it, straight from the ASGI scope."""
-
-    __slots__ = ("address", "headers", "method", "path", "query", "receive", "started_ns")
-
-    def __init__(self, scope: Scope, receive: Receive):
-        self.started_ns = time.perf_counter_ns()
-        self.method: str = scope["method"]
-        self.path: str = scope["path"]
-        self.query: bytes = scope["query_string"]
-        # Names arrive lower-cased; of a repeated header the last one wins.
-        self.headers: dict[bytes, bytes] = dict(scope["headers"])
-        client = scope.get("client")
-        self.address: str | None = client[0] if client else None
-        self.receive = receive
-
-    def header(self, name: bytes) -> str | None:
-        value = self.headers.get(name)
-        return value.decode("latin-1") if value is not None else None
-
-    async def body(self, limit: int = MAX_BODY_BYTES) -> bytes:
-        """The body, or ApiError 413 once it passes `limit` bytes."""
-        declared = self.headers.get(b"content-length")
-        if declared is not None:
-            try:
-                if int(declared) > limit:
-                    raise too_large()
-            except ValueError as exc:
-                raise ApiError(400, "invalid_body", "Content-Length is not a number") from exc
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ApiError(400, "invalid_body", "the client left before the body ended")
-            chunk: bytes = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise too_large()
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-
-async def _params(posted: _Posted) -> tuple[dict[str, str], bytes]:
+async def _params(posted: Incoming) -> tuple[dict[str, str], bytes]:
     """Query parameters, overridden by a form or JSON body's (the last of a repeat wins),
     and the raw body."""
     try:
@@ -198,8 +152,9 @@ class _Outcome:
         self.logged = False  # the store appended the log entry with the write
 
 
-def _entry(req: _Posted, out: _Outcome, failure: ApiError | None, status: str | None) -> bytes:
+def _entry(req: Incoming, out: _Outcome, failure: ApiError | None, status: str | None) -> bytes:
     tags = out.tags
+    checked = tags is not None
     if tags is None:
         tags = {k: v for k, v in out.params.items() if k not in RESERVED}
     return orjson.dumps(
@@ -219,6 +174,7 @@ def _entry(req: _Posted, out: _Outcome, failure: ApiError | None, status: str | 
             remote_addr=req.address,
             user_agent=req.header(b"user-agent"),
             latency_us=(time.perf_counter_ns() - req.started_ns) // 1000,
+            tags_checked=checked,
         )
     )
 
@@ -239,7 +195,7 @@ def _rate_limited(exc: RateLimited) -> ApiError:
     )
 
 
-async def _key(svc: Services, req: _Posted, secret: str) -> KeyInfo:
+async def _key(svc: Services, req: Incoming, secret: str) -> KeyInfo:
     """The usable key for `secret`, or the ApiError that refuses it."""
     address = req.address or ""
     guard = svc.guard
@@ -267,7 +223,7 @@ async def _key(svc: Services, req: _Posted, secret: str) -> KeyInfo:
     return key
 
 
-async def _handle(svc: Services, req: _Posted, out: _Outcome) -> dict[str, Any]:
+async def _handle(svc: Services, req: Incoming, out: _Outcome) -> dict[str, Any]:
     params, raw_body = await _params(req)
     out.params = params
     secret = path_key(req.path) or params.get("key")
@@ -336,26 +292,13 @@ async def _handle(svc: Services, req: _Posted, out: _Outcome) -> dict[str, Any]:
 
 _SIGNATURE = signing.SIGNATURE_HEADER.encode()
 _TIMESTAMP = signing.TIMESTAMP_HEADER.encode()
-_JSON = (b"content-type", b"application/json")
-_VARY = (b"vary", b"Origin")  # answers differ by Origin (CORS): caches must know
 
 
-def _error_body(exc: ApiError) -> bytes:
-    return orjson.dumps({"error": exc.code, "message": exc.message})
-
-
-_Answer = tuple[int, bytes, dict[str, str] | None]  # HTTP status, JSON body, extra headers
-
-
-def _failed(exc: ApiError) -> _Answer:
-    return exc.status, _error_body(exc), exc.headers
-
-
-async def _answer(svc: Services, req: _Posted) -> _Answer:
+async def _answer(svc: Services, req: Incoming) -> Answer:
     """What a GET or POST gets."""
     if svc.log.full:  # refused before any write; not logged: the log is what is full
         svc.log.refused += 1
-        return _failed(errors.unavailable("the postback log is full, retry shortly"))
+        return failed(errors.unavailable("the postback log is full, retry shortly"))
     out = _Outcome()
     try:
         return 200, orjson.dumps(await _handle(svc, req, out)), None
@@ -368,28 +311,19 @@ async def _answer(svc: Services, req: _Posted) -> _Answer:
         try:
             await svc.store.append_log(_entry(req, out, failure, None))
         except StoreUnavailable:
-            return _failed(errors.unavailable())
-    return _failed(failure)
+            return failed(errors.unavailable())
+    return failed(failure)
 
 
 async def data_writing(scope: Scope, receive: Receive, send: Send) -> None:
     """The ASGI app of /data_writing and /data_writing/{key}."""
     method = scope["method"]
-    headers: dict[str, str] | None = None
     if method == "GET" or method == "POST":
         svc: Services = scope["app"].state.services
-        try:
-            status, body, headers = await _answer(svc, _Posted(scope, receive))
-        except Exception:  # a bug: answered as JSON like every other failure here
-            log.exception("postback failed")
-            status, body = 500, b'{"error":"internal_error","message":"internal error"}'
+        answer = await guarded(_answer(svc, Incoming(scope, receive)))
     elif method == "OPTIONS":  # not a CORS preflight, which CORSMiddleware answers
-        status, body, headers = 204, b"", {"Allow": "GET, POST, OPTIONS"}
+        answer = 204, b"", {"Allow": "GET, POST, OPTIONS"}
     else:
-        allow = {"Allow": "GET, POST, OPTIONS"}
-        status, body, headers = 405, _error_body(errors.method_not_allowed()), allow
-    response = [_VARY] if status == 204 else [_JSON, (b"content-length", b"%d" % len(body)), _VARY]
-    if headers:
-        response += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": response})
-    await send({"type": "http.response.body", "body": body})
+        status, body, _ = failed(errors.method_not_allowed())
+        answer = status, body, {"Allow": "GET, POST, OPTIONS"}
+    await send_json(send, *answer, vary_origin=True)

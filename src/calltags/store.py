@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import re
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, TypeAlias
@@ -159,30 +160,50 @@ class Store:
         self.redis = redis
         self.keys = keys
         self.call_ttl_ms = call_ttl_seconds * SECOND_MS
-        self.cluster = cluster
+        # A cluster client is served as a cluster whatever the caller said: the
+        # auto-pipeline speaks to one node.
+        self.cluster = cluster or isinstance(redis, RedisCluster)
         self._postback: AsyncScript = redis.register_script(_load_script("postback-4.lua"))
         self._connect: AsyncScript = redis.register_script(_load_script("connect-3.lua"))
         self._end: AsyncScript = redis.register_script(_load_script("end-2.lua"))
         self._ratelimit: AsyncScript = redis.register_script(_load_script("ratelimit-1.lua"))
         self._fail: AsyncScript = redis.register_script(_load_script("fail-1.lua"))
         scripts = [self._postback, self._connect, self._end, self._ratelimit, self._fail]
-        self._pipe = None if cluster else AutoPipeline(redis, scripts)
+        self._pipe = None if self.cluster else AutoPipeline(redis, scripts)
         self._snapshot_shards = itertools.cycle(keys.call_log_shards_all())
         self._log_shards = itertools.cycle(keys.log_shards_all())
 
+    def _queue_eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        """A script call's reply, to await: queued on the auto-pipeline (a future, so
+        that several can be awaited together without tasks) or sent alone."""
+        if self._pipe is not None:
+            return self._pipe.evalsha(script, keys, args)
+        alone: Awaitable[Any] = script(keys=keys, args=args)
+        return alone
+
+    def _queue(self, *args: Any) -> Awaitable[Any]:
+        """A command's reply, to await (see _queue_eval)."""
+        if self._pipe is not None:
+            return self._pipe.execute(*args)
+        alone: Awaitable[Any] = self.redis.execute_command(*args)
+        return alone
+
     async def _eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         try:
-            if self._pipe is not None:
-                return await self._pipe.evalsha(script, keys, args)
-            return await script(keys=keys, args=args)
+            return await self._queue_eval(script, keys, args)
         except REDIS_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
 
     async def _command(self, *args: Any) -> Any:
         try:
-            if self._pipe is not None:
-                return await self._pipe.execute(*args)
-            return await self.redis.execute_command(*args)
+            return await self._queue(*args)
+        except REDIS_ERRORS as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def _together(self, *replies: Awaitable[Any]) -> list[Any]:
+        """The replies of commands queued together, in order."""
+        try:
+            return await asyncio.gather(*replies)
         except REDIS_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
 
@@ -284,9 +305,9 @@ class Store:
         if not self.cluster:
             keys.append(snapshot_shard)
         args = [call_uuid, now_ms(), self.call_ttl_ms, caller, publisher_id or "", campaign or ""]
-        _, (code, raw) = await asyncio.gather(
-            self._command("SET", self.keys.call_index(call_uuid), caller, "PX", self.call_ttl_ms),
-            self._eval(self._connect, keys, args),
+        _, (code, raw) = await self._together(
+            self._queue("SET", self.keys.call_index(call_uuid), caller, "PX", self.call_ttl_ms),
+            self._queue_eval(self._connect, keys, args),
         )
         if self.cluster:
             await self._record(snapshot_shard, raw)
@@ -314,9 +335,9 @@ class Store:
         snapshot_shard = next(self._snapshot_shards)
         if not self.cluster:
             keys.append(snapshot_shard)
-        (code, raw), _ = await asyncio.gather(
-            self._eval(self._end, keys, [call_uuid, now_ms(), self.call_ttl_ms]),
-            self._command("PEXPIRE", self.keys.call_index(call_uuid), self.call_ttl_ms),
+        (code, raw), _ = await self._together(
+            self._queue_eval(self._end, keys, [call_uuid, now_ms(), self.call_ttl_ms]),
+            self._queue("PEXPIRE", self.keys.call_index(call_uuid), self.call_ttl_ms),
         )
         if code < 0:
             raise CallNotFound(call_uuid)
