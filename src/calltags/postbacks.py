@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import time
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -19,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 from calltags import errors, phone, signing
 from calltags.asgi import Answer, Incoming, failed, guarded, send_json
 from calltags.errors import ApiError, StoreUnavailable
-from calltags.http import iso_ms, parse_object
+from calltags.http import iso_ms, parse_object, query_pairs
 from calltags.log import make_entry
 from calltags.publishers import KeyInfo
 from calltags.services import Services
@@ -54,9 +53,7 @@ def _text(name: str, value: Any) -> str:
 def _form_pairs(body: bytes) -> list[tuple[str, str]]:
     try:
         text = body.decode("utf-8")
-        return parse_qsl(
-            text, keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_PARAMS
-        )
+        return query_pairs(text, MAX_PARAMS)
     except UnicodeDecodeError as exc:
         raise ApiError(400, "invalid_body", "the form body is not valid UTF-8") from exc
     except ValueError as exc:
@@ -80,9 +77,7 @@ async def _params(posted: Incoming) -> tuple[dict[str, str], bytes]:
     and the raw body."""
     try:
         # As Starlette reads a query string: Latin-1 text, %-escapes as UTF-8.
-        query = parse_qsl(
-            posted.query.decode("latin-1"), keep_blank_values=True, max_num_fields=MAX_PARAMS
-        )
+        query = query_pairs(posted.query.decode("latin-1"), MAX_PARAMS)
     except ValueError as exc:
         raise ApiError(400, "invalid_request", f"more than {MAX_PARAMS} parameters") from exc
     params = dict(query)
