@@ -128,6 +128,8 @@ async def test_postback_listing_filters_and_pages(
         {"until": "2026-13-01"},
         {"cursor": "garbage!"},
         {"cursor": "WzEsMl0"},  # [1,2]: a cursor this API never gave
+        {"cursor": "WzEsImFcdTAwMDAiXQ"},  # [1,"a\u0000"]: a NUL Postgres cannot hold
+        {"since": "2026-11-29\x00"},
         {"status": "Not A Status"},
         {"colour": "blue"},
     ],
@@ -178,7 +180,12 @@ async def test_call_listing_filters_and_pages(
     campaign = await _list(client, "/admin/calls", caller_number=caller, campaign="c1")
     assert [item["call_uuid"] for item in campaign["items"]] == [uuids[1]]
 
-    for params in ({"state": "ringing"}, {"limit": "5000"}, {"key_id": "1"}):
+    for params in (
+        {"state": "ringing"},
+        {"limit": "5000"},
+        {"key_id": "1"},
+        {"campaign": "c\x001"},  # a NUL Postgres cannot hold
+    ):
         response = await client.get("/admin/calls", params=params, headers=ADMIN)
         assert response.status_code == 422
         assert response.json()["error"] == "invalid_request"

@@ -85,6 +85,8 @@ def iso(value: datetime | None) -> str | None:
 
 def _present(params: Mapping[str, str], name: str) -> str | None:
     value = params.get(name)
+    if value is not None and "\x00" in value:  # Postgres text cannot hold it
+        raise errors.invalid_request(f"{name} must not contain NUL")
     return value.strip() if value is not None and value.strip() else None
 
 
@@ -148,7 +150,7 @@ def _cursor(params: Mapping[str, str]) -> tuple[datetime, str] | None:
         return None
     try:
         micros, key = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        if not isinstance(micros, int) or not isinstance(key, str):
+        if not isinstance(micros, int) or not isinstance(key, str) or "\x00" in key:
             raise ValueError(raw)
         return _EPOCH + micros * _MICROSECOND, key
     except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
