@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 import httpx
 import pytest
+from apitools import ADMIN_ROUTES, admin_body, assert_error
 from conftest import ADMIN, Keys, fresh_caller, running_app
 from redis.asyncio import Redis
 from starlette.routing import Route
@@ -19,15 +20,6 @@ from calltags.app import create_app
 from calltags.config import Settings
 
 MAX_SECONDS = 2_592_000
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "message"}, body
-    assert body["error"] == code, body
-    assert isinstance(body["message"], str)
-    assert body["message"]
 
 
 async def create_key(client: httpx.AsyncClient, publisher_id: int, **fields: Any) -> httpx.Response:
@@ -328,26 +320,16 @@ async def test_last_used_at_is_recorded(
 async def test_unknown_ids_are_404(
     client: httpx.AsyncClient, method: str, path: str, code: str
 ) -> None:
-    body = {"name": "x"} if method in ("POST", "PATCH") else None
+    body = admin_body(method)
     response = await client.request(method, path, json=body, headers=ADMIN)
     assert_error(response, 404, code)
-
-
-ADMIN_ROUTES = [
-    ("POST", "/admin/publishers"),
-    ("GET", "/admin/publishers"),
-    ("POST", "/admin/publishers/1/keys"),
-    ("GET", "/admin/publishers/1/keys"),
-    ("PATCH", "/admin/keys/1"),
-    ("DELETE", "/admin/keys/1"),
-]
 
 
 @pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
 async def test_admin_requires_the_admin_token(
     client: httpx.AsyncClient, method: str, path: str
 ) -> None:
-    body = {"name": "x"} if method in ("POST", "PATCH") else None
+    body = admin_body(method)
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "test-admin-token"}):
         response = await client.request(method, path, json=body, headers=headers)
         assert_error(response, 401, "unauthorized")

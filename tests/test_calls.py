@@ -9,18 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
+from apitools import ADMIN_ROUTES, admin_body, assert_error
 from conftest import ADMIN, ROUTING, fresh_caller
 
 CALL_FIELDS = {"call_uuid", "caller_number", "state", "tags", "tag_sources", "started_at"}
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "message"}, body
-    assert body["error"] == code, body
-    assert isinstance(body["message"], str)
-    assert body["message"]
 
 
 def epoch(text: str) -> float:
@@ -222,20 +214,10 @@ async def test_admin_token_works_for_routing(client: httpx.AsyncClient) -> None:
     assert response.json()["state"] == "completed"
 
 
-ADMIN_ROUTES = [
-    ("POST", "/admin/publishers"),
-    ("GET", "/admin/publishers"),
-    ("POST", "/admin/publishers/1/keys"),
-    ("GET", "/admin/publishers/1/keys"),
-    ("PATCH", "/admin/keys/1"),
-    ("DELETE", "/admin/keys/1"),
-]
-
-
 @pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
 async def test_routing_token_does_not_open_admin_routes(
     client: httpx.AsyncClient, method: str, path: str
 ) -> None:
-    body = {"name": "x"} if method in ("POST", "PATCH") else None
+    body = admin_body(method)
     response = await client.request(method, path, json=body, headers=ROUTING)
     assert_error(response, 401, "unauthorized")

@@ -10,7 +10,8 @@ from collections import Counter
 from typing import Any
 
 import httpx
-from conftest import ROUTING, fresh_caller
+from apitools import connect, get_call
+from conftest import fresh_caller
 
 STORED = "call not found, tags stored"
 LIVE = "call in progress, tags applied"
@@ -28,25 +29,6 @@ async def post_tags(
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
-
-
-async def connect(
-    client: httpx.AsyncClient, caller: str, call_uuid: str | None = None
-) -> dict[str, Any]:
-    payload = {"caller_number": caller}
-    if call_uuid is not None:
-        payload["call_uuid"] = call_uuid
-    response = await client.post("/calls", json=payload, headers=ROUTING)
-    assert response.status_code == 201, response.text
-    call: dict[str, Any] = response.json()
-    return call
-
-
-async def get_call(client: httpx.AsyncClient, call_uuid: str) -> dict[str, Any]:
-    response = await client.get(f"/calls/{call_uuid}", headers=ROUTING)
-    assert response.status_code == 200, response.text
-    call: dict[str, Any] = response.json()
-    return call
 
 
 async def test_parallel_connects_exactly_one_winner_per_tag(

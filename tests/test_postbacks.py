@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from apitools import assert_error, connect, end, get_call
 from conftest import ADMIN, ROUTING, Keys, fresh_caller, running_app
 from redis.asyncio import Redis
 
@@ -67,45 +68,6 @@ async def written(
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
-
-
-async def connect(
-    client: httpx.AsyncClient, caller: str, call_uuid: str | None = None
-) -> dict[str, Any]:
-    payload = {"caller_number": caller}
-    if call_uuid is not None:
-        payload["call_uuid"] = call_uuid
-    response = await client.post("/calls", json=payload, headers=ROUTING)
-    assert response.status_code == 201, response.text
-    call: dict[str, Any] = response.json()
-    return call
-
-
-async def end(client: httpx.AsyncClient, call_uuid: str) -> dict[str, Any]:
-    response = await client.post(f"/calls/{call_uuid}/end", headers=ROUTING)
-    assert response.status_code == 200, response.text
-    call: dict[str, Any] = response.json()
-    return call
-
-
-async def get_call(client: httpx.AsyncClient, call_uuid: str) -> dict[str, Any]:
-    response = await client.get(f"/calls/{call_uuid}", headers=ROUTING)
-    assert response.status_code == 200, response.text
-    call: dict[str, Any] = response.json()
-    return call
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> str:
-    """The response is `{"error": code, "message": text}` with this status; the text."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error", "message"}, body
-    assert body["error"] == code, body
-    assert isinstance(body["message"], str)
-    assert body["message"]
-    message: str = body["message"]
-    return message
 
 
 def parse_time(text: str) -> float:
