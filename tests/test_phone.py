@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from calltags import phone
 from calltags.errors import ApiError
@@ -34,3 +36,33 @@ def test_impossible_numbers_are_422_echoing_the_input(raw: str) -> None:
     assert caught.value.status == 422
     assert caught.value.code == "invalid_caller_number"
     assert repr(raw)[:40] in caught.value.message
+
+
+@given(
+    st.text(alphabet="0123456789+() -.", min_size=1, max_size=20),
+    st.sampled_from(["US", "GB", "DE", "IT", "BR", "IN"]),
+)
+@settings(max_examples=500, deadline=None)
+def test_an_e164_result_parses_to_itself_in_every_region(raw: str, region: str) -> None:
+    """What lets the cache file a result under its E.164 text too."""
+    e164 = phone.parse(raw, region)
+    if e164 is None:
+        return
+    for other in ("US", "GB", "IT", region):
+        assert phone.parse(e164, other) == e164
+
+
+def test_the_cache_keeps_the_most_recently_used_numbers() -> None:
+    cache = phone._Cache(4)
+    assert cache.normalize("2125550101", "US") == "+12125550101"
+    assert cache.normalize("2125550102", "US") == "+12125550102"
+    # Each parse filed two entries: the input's and the E.164 text's, so E.164 input of
+    # a caller seen in another format is a hit.
+    assert list(cache.found) == [
+        ("2125550101", "US"), ("+12125550101", "US"), ("2125550102", "US"), ("+12125550102", "US"),
+    ]  # fmt: skip
+    assert cache.normalize("2125550101", "US") == "+12125550101"  # a hit: now the newest
+    assert cache.normalize("bogus", "US") is None  # a miss is kept too: the oldest goes
+    assert list(cache.found) == [
+        ("2125550102", "US"), ("+12125550102", "US"), ("2125550101", "US"), ("bogus", "US"),
+    ]  # fmt: skip
