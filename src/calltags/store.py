@@ -201,10 +201,17 @@ class Store:
             raise StoreUnavailable(str(exc)) from exc
 
     async def _together(self, *replies: Awaitable[Any]) -> list[Any]:
-        """The replies of commands queued together, in order."""
+        """The replies of commands queued together, in order. On the auto-pipeline they
+        are futures already on their way in one batch: awaited in turn, without the
+        tasks and callbacks of `asyncio.gather`."""
         try:
-            return await asyncio.gather(*replies)
+            if self._pipe is None:
+                return await asyncio.gather(*replies)
+            return [await reply for reply in replies]
         except REDIS_ERRORS as exc:
+            for reply in replies:  # a batch's futures end together: take their errors too
+                if isinstance(reply, asyncio.Future) and reply.done() and not reply.cancelled():
+                    reply.exception()
             raise StoreUnavailable(str(exc)) from exc
 
     async def append_log(self, entry: bytes) -> None:
