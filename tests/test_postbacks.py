@@ -689,6 +689,25 @@ async def test_cors_on_answers(client: httpx.AsyncClient, key: dict[str, Any]) -
         assert response.headers["access-control-allow-origin"] == "*"
 
 
+async def test_server_postbacks_have_no_cors_headers_and_head_writes_nothing(
+    client: httpx.AsyncClient, key: dict[str, Any]
+) -> None:
+    caller = fresh_caller()
+    response = await write(client, key, caller, a="1")
+    assert response.status_code == 200, response.text
+    assert "access-control-allow-origin" not in response.headers
+    assert response.headers["vary"] == "Origin"  # the answer differs by Origin
+    assert response.headers["content-type"] == "application/json"
+
+    head = await client.head(
+        "/data_writing", params={"key": key["key"], "caller_number": caller, "b": "2"}
+    )
+    assert head.status_code == 405
+    assert head.headers["allow"] == "GET, POST, OPTIONS"
+    call = await connect(client, caller)
+    assert call["tags"] == {"a": "1"}  # b was not written
+
+
 # --- caller number formats -------------------------------------------------------------
 
 

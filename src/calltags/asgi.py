@@ -25,14 +25,17 @@ _INTERNAL = b'{"error":"internal_error","message":"internal error"}'
 
 
 class Incoming:
-    """A request as this endpoint reads it, straight from the ASGI scope."""
+    """A request as the plain ASGI handlers read it, straight from the scope."""
 
-    __slots__ = ("address", "headers", "method", "path", "query", "receive", "started_ns")
+    __slots__ = (
+        "address", "headers", "method", "path", "path_params", "query", "receive", "started_ns",
+    )  # fmt: skip
 
     def __init__(self, scope: Scope, receive: Receive):
         self.started_ns = time.perf_counter_ns()
         self.method: str = scope["method"]
         self.path: str = scope["path"]
+        self.path_params: dict[str, str] = scope.get("path_params") or {}
         self.query: bytes = scope["query_string"]
         # Names arrive lower-cased; of a repeated header the last one wins.
         self.headers: dict[bytes, bytes] = dict(scope["headers"])

@@ -221,7 +221,9 @@ async def _key(svc: Services, req: Incoming, secret: str) -> KeyInfo:
 async def _handle(svc: Services, req: Incoming, out: _Outcome) -> dict[str, Any]:
     params, raw_body = await _params(req)
     out.params = params
-    secret = path_key(req.path) or params.get("key")
+    # The router's path parameter when the request came through it (it knows a root
+    # path), else the key read off the path.
+    secret = req.path_params.get("key") or path_key(req.path) or params.get("key")
     if not secret:
         raise errors.missing_key()
     out.secret = secret
