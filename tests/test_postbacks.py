@@ -678,6 +678,7 @@ async def test_cors_on_answers(client: httpx.AsyncClient, key: dict[str, Any]) -
     for response in responses:
         assert response.status_code == 200, response.text
         assert response.headers["access-control-allow-origin"] == "*"
+        assert response.headers.get_list("vary") == ["Origin"]
 
     errors = [
         (await write(client, "ct_nope", caller, a="1", headers=cors), 401),

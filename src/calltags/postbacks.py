@@ -323,4 +323,6 @@ async def data_writing(scope: Scope, receive: Receive, send: Send) -> None:
     else:
         status, body, _ = failed(errors.method_not_allowed())
         answer = status, body, {"Allow": "GET, POST, OPTIONS"}
-    await send_json(send, *answer, vary_origin=True)
+    # The answer differs by Origin (CORS): caches must know. Through the router (which
+    # sets path_params), CORSMiddleware says so itself.
+    await send_json(send, *answer, vary_origin="path_params" not in scope)
