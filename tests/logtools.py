@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import socket
 import threading
@@ -108,6 +109,31 @@ async def forget_arq_jobs(queue_url: str, queue: str) -> None:
                 await redis.delete(prefix.encode() + job_id)
     finally:
         await redis.aclose()
+
+
+async def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+    return rows
+
+
+def process_env(
+    settings: Settings, redis_url: str, queue_url: str, database_url: str, **extra: str
+) -> dict[str, str]:
+    """The environment of a web or worker process the tests start on their own stores,
+    key prefix and log shards, plus `extra` (CALLTAGS_... settings)."""
+    return {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "CALLTAGS_QUEUE_URL": queue_url,
+        "DATABASE_URL": database_url,
+        "CALLTAGS_REDIS_PREFIX": settings.redis_prefix,
+        "CALLTAGS_LOG_SHARDS": str(settings.log_shards),
+        **extra,
+    }
 
 
 async def count(dsn: str, sql: str, *args: Any) -> int:

@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 from conftest import ADMIN, ROUTING, Keys, fresh_caller, running_app
-from logtools import eventually, keyspace, open_sink, own_prefix, stream_lengths
+from logtools import eventually, fetch, keyspace, open_sink, own_prefix, stream_lengths
 from redis.asyncio import Redis
 
 from calltags.config import Settings
@@ -31,15 +31,6 @@ COMPLETED = "completed call found, tags applied"
 async def sink(settings: Settings, redis: Redis) -> AsyncIterator[Sink]:
     async with open_sink(settings, redis) as found:
         yield found
-
-
-async def _fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
-    return rows
 
 
 async def test_every_postback_accepted_or_rejected_is_one_row(
@@ -84,7 +75,7 @@ async def test_every_postback_accepted_or_rejected_is_one_row(
     assert len(seen) == 9  # every rejection above is a different error
 
     await sink.drain()
-    rows = await _fetch(database_url, "SELECT * FROM postbacks WHERE user_agent = $1", marker)
+    rows = await fetch(database_url, "SELECT * FROM postbacks WHERE user_agent = $1", marker)
     assert len(rows) == len(requests)
     assert len({row["id"] for row in rows}) == len(requests)
     assert Counter((row["http_status"], row["status"] or row["error"]) for row in rows) == seen
@@ -103,7 +94,7 @@ async def test_every_postback_accepted_or_rejected_is_one_row(
     # Moved means gone from Redis, and a second pass finds nothing to add.
     assert await stream_lengths(redis, sink.keys) == 0
     assert await sink.drain() == 0
-    rows = await _fetch(database_url, "SELECT id FROM postbacks WHERE user_agent = $1", marker)
+    rows = await fetch(database_url, "SELECT id FROM postbacks WHERE user_agent = $1", marker)
     assert len(rows) == len(requests)
 
 
@@ -123,7 +114,7 @@ async def test_call_record_follows_the_call_and_late_tags(
 
     async def record() -> asyncpg.Record:
         await sink.drain()
-        rows = await _fetch(database_url, "SELECT * FROM calls WHERE caller_number = $1", caller)
+        rows = await fetch(database_url, "SELECT * FROM calls WHERE caller_number = $1", caller)
         assert len(rows) == 1
         return rows[0]
 

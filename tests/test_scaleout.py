@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import re
 import secrets
@@ -25,11 +24,19 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import orjson
 from conftest import ADMIN_TOKEN, CLUSTER, ROUTING, ROUTING_TOKEN, Keys, fresh_caller, running_app
-from logtools import eventually, forget_arq_jobs, free_port, keyspace, own_prefix, stream_lengths
+from logtools import (
+    eventually,
+    fetch,
+    forget_arq_jobs,
+    free_port,
+    keyspace,
+    own_prefix,
+    process_env,
+    stream_lengths,
+)
 
 from calltags.config import Settings
 from calltags.store import RedisClient
@@ -80,15 +87,6 @@ def _output(folder: Path, name: str) -> str:
     return (folder / f"{name}.log").read_text(errors="replace")
 
 
-async def _fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
-    return rows
-
-
 @contextlib.asynccontextmanager
 async def _clients(bases: list[str], marker: str) -> AsyncIterator[list[httpx.AsyncClient]]:
     async with contextlib.AsyncExitStack() as stack:
@@ -113,18 +111,16 @@ async def test_many_web_processes_and_workers_at_once(
     keys = keyspace(mine)
     async with running_app(mine) as admin:
         key = await Keys(admin).key()
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "CALLTAGS_QUEUE_URL": queue_url,
-        "DATABASE_URL": database_url,
-        "CALLTAGS_REDIS_PREFIX": mine.redis_prefix,
-        "CALLTAGS_LOG_SHARDS": str(mine.log_shards),
-        "CALLTAGS_ADMIN_TOKEN": ADMIN_TOKEN,
-        "CALLTAGS_ROUTING_TOKEN": ROUTING_TOKEN,
-        "CALLTAGS_RATE_LIMIT": "0",
-        "CALLTAGS_FLUSH_BATCH": "50",  # small batches, so that both workers get some
-    }
+    env = process_env(
+        mine,
+        redis_url,
+        queue_url,
+        database_url,
+        CALLTAGS_ADMIN_TOKEN=ADMIN_TOKEN,
+        CALLTAGS_ROUTING_TOKEN=ROUTING_TOKEN,
+        CALLTAGS_RATE_LIMIT="0",
+        CALLTAGS_FLUSH_BATCH="50",  # small batches, so that both workers get some
+    )
     marker = f"scaleout-{secrets.token_hex(4)}"
     queue = f"{mine.redis_prefix}arq:queue"
     try:
@@ -158,12 +154,12 @@ async def test_many_web_processes_and_workers_at_once(
             call_uuids += [call["call_uuid"] for call in finals.values()]
 
             async def flushed() -> bool:
-                rows = await _fetch(
+                rows = await fetch(
                     database_url,
                     "SELECT count(*) AS n FROM postbacks WHERE user_agent = $1",
                     marker,
                 )
-                calls = await _fetch(
+                calls = await fetch(
                     database_url,
                     "SELECT count(*) AS n FROM calls WHERE call_uuid = ANY($1::text[])",
                     call_uuids,
@@ -184,7 +180,7 @@ async def test_many_web_processes_and_workers_at_once(
         await forget_arq_jobs(queue_url, queue)
 
     # Every request is one row, none twice; each posted tag in exactly one row.
-    rows = await _fetch(
+    rows = await fetch(
         database_url,
         "SELECT id, caller_number, tags, status, error FROM postbacks WHERE user_agent = $1",
         marker,
@@ -207,7 +203,7 @@ async def test_many_web_processes_and_workers_at_once(
     assert sum(moved) >= requests
 
     # The call records in Postgres say the same: each tag in exactly one call.
-    records = await _fetch(
+    records = await fetch(
         database_url,
         "SELECT call_uuid, caller_number, tags FROM calls WHERE call_uuid = ANY($1::text[])",
         call_uuids,

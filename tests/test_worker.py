@@ -7,7 +7,6 @@ only its own row."""
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import signal
 import subprocess
@@ -29,6 +28,7 @@ from logtools import (
     keyspace,
     open_sink,
     own_prefix,
+    process_env,
     stream_lengths,
 )
 from redis.asyncio import Redis
@@ -75,16 +75,14 @@ async def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(
     marker = f"kill-{secrets.token_hex(4)}"
     total = 20_000  # a good while of work: the worker is caught with batches in hand
     await fill(redis, keys, [entry(marker, n) for n in range(total)])
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "CALLTAGS_QUEUE_URL": queue_url,
-        "DATABASE_URL": database_url,
-        "CALLTAGS_REDIS_PREFIX": mine.redis_prefix,
-        "CALLTAGS_LOG_SHARDS": str(mine.log_shards),
-        "CALLTAGS_FLUSH_BATCH": "100",
-        "CALLTAGS_FLUSH_CLAIM_IDLE_SECONDS": "1",
-    }
+    env = process_env(
+        mine,
+        redis_url,
+        queue_url,
+        database_url,
+        CALLTAGS_FLUSH_BATCH="100",
+        CALLTAGS_FLUSH_CLAIM_IDLE_SECONDS="1",
+    )
     worker = subprocess.Popen(
         [sys.executable, "-m", "arq", "workers.flush.WorkerSettings"],
         cwd=ROOT,
