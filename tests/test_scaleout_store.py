@@ -35,12 +35,7 @@ WRITE: dict[str, Any] = {
 
 
 def _store(settings: Settings, redis: RedisClient) -> Store:
-    return Store(
-        redis,
-        keyspace(own_prefix(settings, "store")),
-        settings.call_ttl_seconds,
-        cluster=settings.uses_cluster,
-    )
+    return Store(redis, keyspace(own_prefix(settings, "store")), settings.call_ttl_seconds)
 
 
 async def _entries(redis: RedisClient, streams: list[str]) -> list[dict[bytes, bytes]]:

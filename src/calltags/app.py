@@ -68,7 +68,7 @@ async def open_services(settings: Settings) -> Services:
         redis=redis,
         pool=pool,
         keys=keys,
-        store=Store(redis, keys, settings.call_ttl_seconds, cluster=settings.uses_cluster),
+        store=Store(redis, keys, settings.call_ttl_seconds),
         log=PostbackLog(redis, keys, settings.log_max_backlog),
         publishers=publishers,
         resolver=KeyResolver(redis, keys, settings.key_cache_seconds, fallback=publishers),

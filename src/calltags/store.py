@@ -148,21 +148,17 @@ def call_from_doc(doc: dict[str, Any]) -> Call:
 class Store:
     """Tag writes, connects and call reads, each one Lua call on one caller's keys.
 
-    On a single Redis node (`cluster=False`) commands issued in the same event-loop turn
+    On a single Redis node (a `Redis` client) commands issued in the same event-loop turn
     travel together (AutoPipeline), and a postback's rate limit and log append happen
     inside its script. On Redis Cluster those keys live in other slots, so they are
-    separate commands around the script.
+    separate commands around the script (a `RedisCluster` client).
     """
 
-    def __init__(
-        self, redis: RedisClient, keys: KeySpace, call_ttl_seconds: int, *, cluster: bool = False
-    ):
+    def __init__(self, redis: RedisClient, keys: KeySpace, call_ttl_seconds: int):
         self.redis = redis
         self.keys = keys
         self.call_ttl_ms = call_ttl_seconds * SECOND_MS
-        # A cluster client is served as a cluster whatever the caller said: the
-        # auto-pipeline speaks to one node.
-        self.cluster = cluster or isinstance(redis, RedisCluster)
+        self.cluster = isinstance(redis, RedisCluster)
         self._postback: AsyncScript = redis.register_script(_load_script("postback-4.lua"))
         self._connect: AsyncScript = redis.register_script(_load_script("connect-3.lua"))
         self._end: AsyncScript = redis.register_script(_load_script("end-2.lua"))
