@@ -44,7 +44,8 @@ from calltags import db
 from calltags.devserver import embedded_postgres, embedded_valkey
 from calltags.keys import KeySpace
 from calltags.log import ENTRY_FIELD, PostbackLog, make_entry
-from calltags.store import OUTCOME_FIELD, STATUS_STORED, now_ms
+from calltags.store import OUTCOME_FIELD, STATUS_STORED
+from calltags.times import now_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

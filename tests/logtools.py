@@ -26,7 +26,7 @@ from calltags.config import Settings
 from calltags.keys import KeySpace
 from calltags.log import ENTRY_FIELD, make_entry
 from calltags.sink import Sink, create_sink_pool
-from calltags.store import now_ms
+from calltags.times import now_ms
 
 
 def free_port() -> int:

@@ -6,8 +6,8 @@ import os
 import uuid
 from datetime import UTC, datetime
 
-from calltags.http import iso_ms
 from calltags.ids import random_uuid
+from calltags.times import iso_ms
 
 
 def test_random_uuids_are_distinct_version_4_uuids() -> None:

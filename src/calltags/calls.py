@@ -12,11 +12,12 @@ from starlette.types import Receive, Scope, Send
 from calltags import errors, phone
 from calltags.asgi import Answer, Incoming, failed, guarded, send_json
 from calltags.errors import ApiError, StoreUnavailable
-from calltags.http import JSONResponse, check_bearer, iso_ms, require_bearer
+from calltags.http import JSONResponse, check_bearer, require_bearer
 from calltags.ids import random_uuid
 from calltags.postbacks import CALL_UUID
 from calltags.services import Services, services
 from calltags.store import Call, CallNotFound
+from calltags.times import iso_ms
 
 MAX_CAMPAIGN = 200
 

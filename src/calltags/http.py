@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hmac
-import time
 from collections.abc import AsyncIterator, Iterable
-from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -30,17 +28,6 @@ def error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(
         {"error": exc.code, "message": exc.message}, status_code=exc.status, headers=exc.headers
     )
-
-
-@lru_cache(maxsize=4096)
-def _iso_second(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-
-
-def iso_ms(ms: int) -> str:
-    """Epoch milliseconds as ISO 8601 UTC, e.g. 2026-11-29T12:00:00.123Z."""
-    seconds, millis = divmod(ms, 1000)
-    return f"{_iso_second(seconds)}.{millis:03d}Z"
 
 
 def too_large() -> ApiError:

@@ -24,6 +24,7 @@ from calltags.errors import ApiError, StoreUnavailable
 from calltags.http import JSONResponse, require_bearer
 from calltags.services import services
 from calltags.store import STATUS_COMPLETED, STATUS_LIVE, STATUS_STORED
+from calltags.times import iso
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -75,12 +76,6 @@ class _Query:
 
     def where(self) -> str:
         return f" WHERE {' AND '.join(self.clauses)}" if self.clauses else ""
-
-
-def iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _present(params: Mapping[str, str], name: str) -> str | None:

@@ -20,7 +20,8 @@ from calltags.errors import StoreUnavailable
 from calltags.ids import random_uuid
 from calltags.keys import KeySpace
 from calltags.store import ENTRY_FIELD as ENTRY_FIELD
-from calltags.store import REDIS_ERRORS, RedisClient, now_ms
+from calltags.store import REDIS_ERRORS, RedisClient
+from calltags.times import now_ms
 
 # Caps on what a rejected request may put in the log, so junk cannot flood it.
 MAX_TEXT = 256  # chars of the raw caller number, user agent, call_uuid, tag names

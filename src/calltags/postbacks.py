@@ -18,11 +18,12 @@ from starlette.types import Receive, Scope, Send
 from calltags import errors, phone, signing
 from calltags.asgi import Answer, Incoming, failed, guarded, send_json
 from calltags.errors import ApiError, StoreUnavailable
-from calltags.http import iso_ms, parse_object, query_pairs
+from calltags.http import parse_object, query_pairs
 from calltags.log import make_entry
 from calltags.publishers import KeyInfo
 from calltags.services import Services
-from calltags.store import CallNotFound, PostbackResult, RateLimit, RateLimited, now_ms
+from calltags.store import CallNotFound, PostbackResult, RateLimit, RateLimited
+from calltags.times import iso_ms, now_ms
 
 PATH = "/data_writing"
 _KEYED = PATH + "/"

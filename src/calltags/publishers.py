@@ -16,6 +16,7 @@ import asyncpg
 from calltags.errors import StoreUnavailable
 from calltags.keys import KeySpace
 from calltags.store import REDIS_ERRORS, RedisClient
+from calltags.times import iso
 
 KEY_TYPES = ("call_data_writing",)
 SECRET_BYTES = 24  # 192 bits of randomness per key
@@ -98,14 +99,8 @@ class PublisherNotFound(Exception):
     pass
 
 
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def publisher_json(row: asyncpg.Record) -> dict[str, Any]:
-    return {"id": row["id"], "name": row["name"], "created_at": _iso(row["created_at"])}
+    return {"id": row["id"], "name": row["name"], "created_at": iso(row["created_at"])}
 
 
 def key_json(row: asyncpg.Record) -> dict[str, Any]:
@@ -119,10 +114,10 @@ def key_json(row: asyncpg.Record) -> dict[str, Any]:
         "storage_duration_seconds": row["storage_duration_seconds"],
         "paused": row["paused"],
         "revoked": row["revoked_at"] is not None,
-        "revoked_at": _iso(row["revoked_at"]),
-        "created_at": _iso(row["created_at"]),
-        "last_used_at": _iso(row["last_used_at"]),
-        "previous_key_valid_until": _iso(_previous_until(row)),
+        "revoked_at": iso(row["revoked_at"]),
+        "created_at": iso(row["created_at"]),
+        "last_used_at": iso(row["last_used_at"]),
+        "previous_key_valid_until": iso(_previous_until(row)),
         "require_signature": row["require_signature"],
         "allowed_cidrs": [str(network) for network in row["allowed_cidrs"]],
         "rate_limit_per_second": row["rate_limit_per_second"],

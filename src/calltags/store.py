@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,6 +18,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from calltags.autopipe import AutoPipeline
 from calltags.errors import StoreUnavailable
 from calltags.keys import SECOND_MS, KeySpace
+from calltags.times import now_ms
 
 # A single-node or cluster client: the two share the command API calltags uses.
 RedisClient: TypeAlias = Redis | RedisCluster
@@ -55,10 +55,6 @@ def _load_script(name: str) -> str:
     folder = resources.files("calltags").joinpath("lua")
     text = folder.joinpath(name).read_text(encoding="utf-8")
     return _INCLUDE.sub(lambda m: folder.joinpath(m.group(1)).read_text(encoding="utf-8"), text)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)
