@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis, RedisCluster
 
-from calltags.app import redis_client
+from calltags.clients import redis_client
 from calltags.config import load_settings
 from calltags.errors import ConfigError
 

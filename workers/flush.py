@@ -21,7 +21,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from calltags.app import redis_client
+from calltags.clients import redis_client
 from calltags.config import load_settings, require
 from calltags.keys import KeySpace
 from calltags.sink import Sink, create_sink_pool

@@ -8,7 +8,6 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 
-from redis.asyncio import Redis, RedisCluster
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -19,7 +18,8 @@ from starlette.types import Receive, Scope, Send
 
 from calltags import admin, calls, health, listings, logpage, metrics, openapi, postbacks
 from calltags.asgi import Endpoint
-from calltags.config import CLUSTER_SCHEMES, Settings, load_settings, require
+from calltags.clients import redis_client
+from calltags.config import Settings, load_settings, require
 from calltags.db import create_pool
 from calltags.errors import ApiError, StoreUnavailable
 from calltags.http import error_response
@@ -27,24 +27,13 @@ from calltags.keys import KeySpace
 from calltags.log import PostbackLog
 from calltags.publishers import GuessGuard, KeyResolver, Publishers
 from calltags.services import Services
-from calltags.store import RedisClient, Store
+from calltags.store import Store
 
 log = logging.getLogger("calltags")
 
 _TOUCH_INTERVAL = 5.0  # s between writes of keys' last_used_at
 GC_YOUNG_OBJECTS = 50_000  # containers made between two collections of the youngest ones
 _BACKLOG_INTERVAL = 0.25  # s between measures of the postback log backlog (back-pressure)
-
-
-def redis_client(settings: Settings) -> RedisClient:
-    url = require(settings.redis_url, "REDIS_URL")
-    if settings.uses_cluster:
-        # Any node of the cluster: the client learns the others and the slots from it.
-        plain = url.replace("+cluster://", "://", 1) if url.startswith(CLUSTER_SCHEMES) else url
-        cluster: RedisClient = RedisCluster.from_url(plain)
-        return cluster
-    client: RedisClient = Redis.from_url(url)
-    return client
 
 
 async def _touch_keys(svc: Services) -> None:
