@@ -37,6 +37,7 @@ from bench.flush_bench import measure_flush
 from calltags import db
 from calltags.devserver import embedded_postgres, embedded_valkey
 from calltags.keys import KeySpace
+from calltags.models import MAX_BURST, MAX_RATE, KeyCreate
 from calltags.publishers import Publishers
 from calltags.store import Store
 
@@ -146,9 +147,8 @@ async def _prepare(redis_url: str, database_url: str, prefix: str) -> tuple[str,
         publishers = Publishers(pool, redis, KeySpace(prefix, 8))
         publisher = await publishers.create_publisher("bench")
         # No rate limit on the bench key: the bench measures the write, not the 429 path.
-        _, secret = await publishers.create_key(
-            publisher["id"], "bench", rate_limit_per_second=1e6, rate_limit_burst=10**7
-        )
+        new = KeyCreate(name="bench", rate_limit_per_second=MAX_RATE, rate_limit_burst=MAX_BURST)
+        _, secret, _ = await publishers.create_key(publisher.id, new)
     finally:
         await pool.close()
         await redis.aclose()

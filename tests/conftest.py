@@ -27,7 +27,6 @@ import httpx
 import pytest
 from cluster import local_cluster
 from redis.asyncio import Redis, RedisCluster
-from starlette.applications import Starlette
 
 from calltags import db
 from calltags.app import create_app
@@ -176,11 +175,14 @@ def _secret(value: str) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An app with its lifespan run, and an HTTP client on it (in-process ASGI)."""
-    app: Starlette = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 40000))
+async def running_app(
+    settings: Settings, address: str = "203.0.113.9"
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An app with its lifespan run, and an HTTP client on it (in-process ASGI) posting
+    from `address`."""
+    app = create_app(settings)
+    async with app.running():
+        transport = httpx.ASGITransport(app=app, client=(address, 40000))
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
 

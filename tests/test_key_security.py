@@ -4,18 +4,14 @@ rate limits and the limit on failed key attempts per address."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-from conftest import ADMIN, Keys, fresh_caller
-from starlette.applications import Starlette
+from conftest import ADMIN, Keys, fresh_caller, running_app
 
 from calltags import signing
-from calltags.app import create_app
 from calltags.config import Settings
 
 STORED = "call not found, tags stored"
@@ -191,20 +187,11 @@ async def test_per_key_rate_limit(client: httpx.AsyncClient, keys: Keys) -> None
     assert (await _post(client, other["key"])).status_code == 200
 
 
-@contextlib.asynccontextmanager
-async def _from_address(settings: Settings, address: str) -> AsyncIterator[httpx.AsyncClient]:
-    app: Starlette = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=(address, 5555))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
-
-
 async def test_failed_key_attempts_are_limited_per_address(settings: Settings, keys: Keys) -> None:
     good = await keys.key()
     limit = settings.key_failures_per_minute
     assert limit > 0
-    async with _from_address(settings, "198.51.100.77") as guesser:
+    async with running_app(settings, "198.51.100.77") as guesser:
         codes = []
         for n in range(limit + 3):
             response = await guesser.get(
@@ -222,7 +209,7 @@ async def test_failed_key_attempts_are_limited_per_address(settings: Settings, k
             "/data_writing", params={"key": good["key"], "caller_number": fresh_caller(), "a": "1"}
         )
         assert blocked.status_code == 429
-    async with _from_address(settings, "198.51.100.78") as other:
+    async with running_app(settings, "198.51.100.78") as other:
         response = await other.get(
             "/data_writing", params={"key": "ct_guess", "caller_number": fresh_caller()}
         )

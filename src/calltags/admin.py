@@ -1,209 +1,135 @@
-"""The admin API for publishers and keys (Bearer CALLTAGS_ADMIN_TOKEN)."""
+"""The admin API for publishers and keys (Bearer CALLTAGS_ADMIN_TOKEN): handlers and
+their operations. The admin side (`adminapp`) authorizes, reads the body into its model
+and answers; a handler gets the model and returns the answer's model."""
 
 from __future__ import annotations
 
-from typing import Any
-
+import msgspec
 from starlette.requests import Request
-from starlette.responses import Response
 
-from calltags import errors
 from calltags.errors import ApiError
-from calltags.http import JSONResponse, json_object, require_bearer
-from calltags.publishers import (
-    CUTOFF_RANGE,
-    KEY_TYPES,
-    MAX_CIDRS,
-    STORAGE_RANGE,
-    KeyNotFound,
-    PublisherNotFound,
-    parse_cidrs,
+from calltags.models import (
+    Key,
+    KeyCreate,
+    KeyRotate,
+    Keys,
+    KeyUpdate,
+    NewSecret,
+    Publisher,
+    PublisherCreate,
+    Publishers,
 )
-from calltags.services import Services, services
+from calltags.operations import Api, Auth, Operation
+from calltags.publishers import KeyNotFound, PublisherNotFound, example_url
+from calltags.services import Services
 
 
-def _admin(request: Request) -> Services:
-    svc = services(request)
-    token = svc.settings.admin_token
-    require_bearer(request, (str(token) if token else None,))
-    return svc
-
-
-def _path_id(request: Request, name: str) -> int:
+def path_id(request: Request, name: str) -> int:
+    """The whole-number id in the path, or the 404 of what it names."""
     raw: str = request.path_params[name]
     if not raw.isdigit() or len(raw) > 18:
-        raise errors.not_found(f"{name.removesuffix('_id')}_not_found", f"no {name} {raw[:32]!r}")
+        raise ApiError(f"{name.removesuffix('_id')}_not_found", f"no {name} {raw[:32]!r}")
     return int(raw)
 
 
-def _name(data: dict[str, Any], required: bool = True) -> str | None:
-    name = data.get("name")
-    if name is None and not required:
-        return None
-    # Postgres text cannot hold NUL: refuse it here rather than fail the insert with a 500.
-    if not isinstance(name, str) or not 1 <= len(name.strip()) <= 200 or "\x00" in name:
-        raise errors.invalid_request("name must be a string of 1-200 characters, without NUL")
-    return name.strip()
-
-
-def _seconds(data: dict[str, Any], field: str, bounds: tuple[int, int]) -> int | None:
-    value = data.get(field)
-    if value is None:
-        return None
-    low, high = bounds
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise errors.invalid_request(f"{field} must be a whole number from {low} to {high}")
-    return value
-
-
-MAX_RATE = 1_000_000.0  # postbacks a second: anything above is a typo
-GRACE_RANGE = (0, 2_592_000)
-
-
-def _security_options(data: dict[str, Any]) -> dict[str, Any]:
-    """The optional security fields of a key create or PATCH, validated."""
-    options: dict[str, Any] = {}
-    if "require_signature" in data:
-        if not isinstance(data["require_signature"], bool):
-            raise errors.invalid_request("require_signature must be true or false")
-        options["require_signature"] = data["require_signature"]
-    if "allowed_cidrs" in data:
-        cidrs = data["allowed_cidrs"]
-        if not isinstance(cidrs, list) or not all(isinstance(c, str) for c in cidrs):
-            raise errors.invalid_request("allowed_cidrs must be a list of CIDR strings")
-        try:
-            parse_cidrs(cidrs)
-        except ValueError as exc:
-            raise errors.invalid_request(
-                f"allowed_cidrs: {exc} (at most {MAX_CIDRS} networks like 203.0.113.0/24)"
-            ) from exc
-        options["allowed_cidrs"] = cidrs
-    if "rate_limit_per_second" in data:
-        rate = data["rate_limit_per_second"]
-        valid = (
-            isinstance(rate, int | float) and not isinstance(rate, bool) and 0 < rate <= MAX_RATE
-        )
-        if rate is not None and not valid:
-            raise errors.invalid_request(
-                f"rate_limit_per_second must be above 0 and at most {MAX_RATE:.0f}, or null"
-            )
-        options["rate_limit_per_second"] = float(rate) if rate is not None else None
-    if "rate_limit_burst" in data:
-        burst = data["rate_limit_burst"]
-        valid = isinstance(burst, int) and not isinstance(burst, bool) and 1 <= burst <= 10_000_000
-        if burst is not None and not valid:
-            raise errors.invalid_request("rate_limit_burst must be a whole number from 1, or null")
-        options["rate_limit_burst"] = burst
-    return options
-
-
 def _publisher_not_found(publisher_id: int) -> ApiError:
-    return errors.not_found("publisher_not_found", f"no publisher {publisher_id}")
+    return ApiError("publisher_not_found", f"no publisher {publisher_id}")
 
 
 def _key_not_found(key_id: int) -> ApiError:
-    return errors.not_found("key_not_found", f"no usable key {key_id}")
+    return ApiError("key_not_found", f"no usable key {key_id}")
 
 
-async def create_publisher(request: Request) -> Response:
-    svc = _admin(request)
-    name = _name(await json_object(request))
-    assert name is not None
-    return JSONResponse(await svc.publishers.create_publisher(name), status_code=201)
+def _with_secret(svc: Services, request: Request, key: Key, secret: str, **more: str) -> NewSecret:
+    base = svc.settings.public_url or str(request.base_url)
+    fields = {"key": secret, "example_url": example_url(base, secret), **more}
+    return msgspec.convert({**msgspec.structs.asdict(key), **fields}, NewSecret)
 
 
-async def list_publishers(request: Request) -> Response:
-    svc = _admin(request)
-    return JSONResponse({"items": await svc.publishers.list_publishers()})
+async def create_publisher(svc: Services, request: Request, body: PublisherCreate) -> Publisher:
+    return await svc.publishers.create_publisher(body.name)
 
 
-async def create_key(request: Request) -> Response:
-    svc = _admin(request)
-    publisher_id = _path_id(request, "publisher_id")
-    data = await json_object(request)
-    name = _name(data)
-    assert name is not None
-    key_type = data.get("type", "call_data_writing")
-    if key_type not in KEY_TYPES:
-        raise errors.invalid_request(f"type must be one of {', '.join(KEY_TYPES)}")
-    cutoff = _seconds(data, "end_call_cutoff_seconds", CUTOFF_RANGE)
-    storage = _seconds(data, "storage_duration_seconds", STORAGE_RANGE)
+async def list_publishers(svc: Services, request: Request) -> Publishers:
+    return Publishers(items=await svc.publishers.list_publishers())
+
+
+async def create_key(svc: Services, request: Request, body: KeyCreate) -> NewSecret:
+    publisher_id = path_id(request, "publisher_id")
     try:
-        key, secret = await svc.publishers.create_key(
-            publisher_id,
-            name,
-            key_type,
-            cutoff if cutoff is not None else 3600,
-            storage if storage is not None else 86400,
-            **_security_options(data),
-        )
+        key, secret, signing_secret = await svc.publishers.create_key(publisher_id, body)
     except PublisherNotFound as exc:
         raise _publisher_not_found(publisher_id) from exc
-    key["key"] = secret
-    key["example_url"] = _example_url(request, secret)
-    return JSONResponse(key, status_code=201)
+    return _with_secret(svc, request, key, secret, signing_secret=signing_secret)
 
 
-def _example_url(request: Request, secret: str) -> str:
-    base = str(request.base_url).rstrip("/")
-    return f"{base}/data_writing?key={secret}&caller_number=%2B15551234567&tag=value"
-
-
-async def list_keys(request: Request) -> Response:
-    svc = _admin(request)
-    publisher_id = _path_id(request, "publisher_id")
+async def list_keys(svc: Services, request: Request) -> Keys:
+    publisher_id = path_id(request, "publisher_id")
     try:
-        return JSONResponse({"items": await svc.publishers.list_keys(publisher_id)})
+        return Keys(items=await svc.publishers.list_keys(publisher_id))
     except PublisherNotFound as exc:
         raise _publisher_not_found(publisher_id) from exc
 
 
-async def update_key(request: Request) -> Response:
-    svc = _admin(request)
-    key_id = _path_id(request, "key_id")
-    data = await json_object(request)
-    changes: dict[str, Any] = {}
-    if "name" in data:
-        changes["name"] = _name(data)
-    if "paused" in data:
-        if not isinstance(data["paused"], bool):
-            raise errors.invalid_request("paused must be true or false")
-        changes["paused"] = data["paused"]
-    for field, bounds in (
-        ("end_call_cutoff_seconds", CUTOFF_RANGE),
-        ("storage_duration_seconds", STORAGE_RANGE),
-    ):
-        if field in data:
-            value = _seconds(data, field, bounds)
-            if value is None:
-                raise errors.invalid_request(f"{field} must be a whole number")
-            changes[field] = value
-    changes.update(_security_options(data))
+async def update_key(svc: Services, request: Request, body: KeyUpdate) -> Key:
+    key_id = path_id(request, "key_id")
     try:
-        return JSONResponse(await svc.publishers.update_key(key_id, changes))
+        return await svc.publishers.update_key(key_id, body)
     except KeyNotFound as exc:
         raise _key_not_found(key_id) from exc
 
 
-async def rotate_key(request: Request) -> Response:
+async def rotate_key(svc: Services, request: Request, body: KeyRotate) -> NewSecret:
     """A new secret for the key; the old one keeps working for `grace_seconds`."""
-    svc = _admin(request)
-    key_id = _path_id(request, "key_id")
-    data = await json_object(request)
-    grace = _seconds(data, "grace_seconds", GRACE_RANGE)
+    key_id = path_id(request, "key_id")
     try:
-        key, secret = await svc.publishers.rotate_key(key_id, 86400 if grace is None else grace)
+        key, secret = await svc.publishers.rotate_key(key_id, body.grace_seconds)
     except KeyNotFound as exc:
         raise _key_not_found(key_id) from exc
-    key["key"] = secret
-    key["example_url"] = _example_url(request, secret)
-    return JSONResponse(key)
+    return _with_secret(svc, request, key, secret)
 
 
-async def revoke_key(request: Request) -> Response:
-    svc = _admin(request)
-    key_id = _path_id(request, "key_id")
+async def revoke_key(svc: Services, request: Request) -> Key:
+    key_id = path_id(request, "key_id")
     try:
-        return JSONResponse(await svc.publishers.revoke_key(key_id))
+        return await svc.publishers.revoke_key(key_id)
     except KeyNotFound as exc:
         raise _key_not_found(key_id) from exc
+
+
+_PUBLISHER = ("publisher_not_found",)
+_KEY = ("key_not_found",)
+OPERATIONS = (
+    Operation(
+        Api.ADMIN, "POST", "/admin/publishers", "Create a publisher", create_publisher,
+        Auth.ADMIN, body=PublisherCreate, status=201, response=Publisher,
+    ),
+    Operation(
+        Api.ADMIN, "GET", "/admin/publishers", "List publishers", list_publishers,
+        Auth.ADMIN, response=Publishers,
+    ),
+    Operation(
+        Api.ADMIN, "POST", "/admin/publishers/{publisher_id}/keys",
+        "Create a postback key: the answer holds its secret, shown this once", create_key,
+        Auth.ADMIN, body=KeyCreate, status=201, response=NewSecret, errors=_PUBLISHER,
+    ),
+    Operation(
+        Api.ADMIN, "GET", "/admin/publishers/{publisher_id}/keys",
+        "List a publisher's keys (never their secrets)", list_keys,
+        Auth.ADMIN, response=Keys, errors=_PUBLISHER,
+    ),
+    Operation(
+        Api.ADMIN, "PATCH", "/admin/keys/{key_id}",
+        "Change a key: pause or resume it, rename it, its durations and security", update_key,
+        Auth.ADMIN, body=KeyUpdate, response=Key, errors=_KEY,
+    ),
+    Operation(
+        Api.ADMIN, "DELETE", "/admin/keys/{key_id}", "Revoke a key (within 1 s)", revoke_key,
+        Auth.ADMIN, response=Key, errors=_KEY,
+    ),
+    Operation(
+        Api.ADMIN, "POST", "/admin/keys/{key_id}/rotate",
+        "A new secret; the old one keeps working for grace_seconds", rotate_key,
+        Auth.ADMIN, body=KeyRotate, response=NewSecret, errors=_KEY,
+    ),
+)  # fmt: skip

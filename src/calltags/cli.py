@@ -8,11 +8,18 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from msgspec import Struct
 
 from calltags.config import Settings, load_settings, require
 from calltags.errors import ConfigError, StoreUnavailable
+from calltags.models import DEFAULT_CUTOFF_SECONDS, DEFAULT_GRACE_SECONDS, DEFAULT_STORAGE_SECONDS
+
+if TYPE_CHECKING:
+    from calltags.publishers import Publishers
+
+T = TypeVar("T", bound=Struct)
 
 RUN_ENV = "run.env"  # written by `calltags run` in the data folder, read by the other commands
 
@@ -36,23 +43,34 @@ def _settings() -> Settings:
 
 
 def _print_json(value: Any) -> None:
+    import msgspec
     import orjson
 
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+    text = orjson.dumps(msgspec.to_builtins(value), option=orjson.OPT_INDENT_2).decode()
+    sys.stdout.write(text + "\n")
 
 
-async def _with_publishers(settings: Settings, action: Callable[[Any], Awaitable[None]]) -> None:
-    from calltags.app import close_services, open_services
+def _valid(values: dict[str, Any], model: type[T]) -> T:
+    """The arguments as `model` (the API's own rules), or a message naming the field."""
+    from calltags.errors import ApiError
+    from calltags.models import convert
+
+    try:
+        return convert(values, model)
+    except ApiError as exc:
+        raise SystemExit(f"calltags: {exc.message}") from None
+
+
+async def _with_publishers(
+    settings: Settings, action: Callable[[Publishers], Awaitable[None]]
+) -> None:
+    from calltags.services import open_services
 
     svc = await open_services(settings)
     try:
         await action(svc.publishers)
     finally:
-        await close_services(svc)
-
-
-def _base_url(settings: Settings) -> str:
-    return os.environ.get("CALLTAGS_PUBLIC_URL", f"http://localhost:{settings.port}").rstrip("/")
+        await svc.close()
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -62,7 +80,7 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     applied = asyncio.run(db.migrate(require(settings.database_url, "DATABASE_URL")))
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
 
-    async def sync(publishers: Any) -> None:
+    async def sync(publishers: Publishers) -> None:
         count = await publishers.sync_mirror()
         print(f"mirrored {count} key(s) into Redis")
 
@@ -71,68 +89,77 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
 
 def cmd_publisher_create(args: argparse.Namespace) -> None:
-    async def action(publishers: Any) -> None:
-        publisher = await publishers.create_publisher(args.name)
+    from calltags.models import PublisherCreate
+
+    new = _valid({"name": args.name}, PublisherCreate)
+
+    async def action(publishers: Publishers) -> None:
+        publisher = await publishers.create_publisher(new.name)
         _print_json(publisher)
-        print(f"\nnext: calltags key create --publisher {publisher['id']} --name 'main'")
+        print(f"\nnext: calltags key create --publisher {publisher.id} --name 'main'")
 
     asyncio.run(_with_publishers(_settings(), action))
 
 
 def cmd_publisher_list(args: argparse.Namespace) -> None:
-    async def action(publishers: Any) -> None:
+    async def action(publishers: Publishers) -> None:
         _print_json(await publishers.list_publishers())
 
     asyncio.run(_with_publishers(_settings(), action))
 
 
 def cmd_key_create(args: argparse.Namespace) -> None:
-    settings = _settings()
+    from calltags.models import KeyCreate
 
-    async def action(publishers: Any) -> None:
+    settings = _settings()
+    fields = {"name": args.name, "end_call_cutoff_seconds": args.cutoff}
+    fields["storage_duration_seconds"] = args.storage
+    new = _valid({k: v for k, v in fields.items() if v is not None}, KeyCreate)
+
+    async def action(publishers: Publishers) -> None:
         from calltags.publishers import PublisherNotFound
 
         try:
-            key, secret = await publishers.create_key(
-                args.publisher, args.name, "call_data_writing", args.cutoff, args.storage
-            )
+            key, secret, signing_secret = await publishers.create_key(args.publisher, new)
         except PublisherNotFound:
             raise SystemExit(f"no publisher with id {args.publisher}") from None
         _print_json(key)
         _print_secret(settings, secret)
-        print(f"signing secret for signed postbacks (shown once): {key['signing_secret']}")
+        print(f"signing secret for signed postbacks (shown once): {signing_secret}")
 
     asyncio.run(_with_publishers(settings, action))
 
 
 def _print_secret(settings: Settings, secret: str) -> None:
-    url = (
-        f"{_base_url(settings)}/data_writing?key={quote(secret)}"
-        "&caller_number=%2B15551234567&prequalified=true"
-    )
+    from calltags.publishers import example_url
+
+    base = settings.public_url or f"http://localhost:{settings.port}"
     print(f"\nkey (shown once, store it now): {secret}")
-    print(f"example postback:\n  curl '{url}'")
+    print(f"example postback:\n  curl '{example_url(base, secret)}'")
 
 
 def cmd_key_rotate(args: argparse.Namespace) -> None:
-    settings = _settings()
+    from calltags.models import KeyRotate
 
-    async def action(publishers: Any) -> None:
+    settings = _settings()
+    rotation = _valid({} if args.grace is None else {"grace_seconds": args.grace}, KeyRotate)
+
+    async def action(publishers: Publishers) -> None:
         from calltags.publishers import KeyNotFound
 
         try:
-            key, secret = await publishers.rotate_key(args.key_id, args.grace)
+            key, secret = await publishers.rotate_key(args.key_id, rotation.grace_seconds)
         except KeyNotFound:
             raise SystemExit(f"no usable key with id {args.key_id}") from None
         _print_json(key)
         _print_secret(settings, secret)
-        print(f"the previous key works until {key['previous_key_valid_until'] or 'now'}")
+        print(f"the previous key works until {key.previous_key_valid_until or 'now'}")
 
     asyncio.run(_with_publishers(settings, action))
 
 
 def cmd_key_list(args: argparse.Namespace) -> None:
-    async def action(publishers: Any) -> None:
+    async def action(publishers: Publishers) -> None:
         from calltags.publishers import PublisherNotFound
 
         try:
@@ -140,12 +167,12 @@ def cmd_key_list(args: argparse.Namespace) -> None:
         except PublisherNotFound:
             raise SystemExit(f"no publisher with id {args.publisher}") from None
         for key in keys:
-            state = "revoked" if key["revoked"] else "paused" if key["paused"] else "active"
+            state = "revoked" if key.revoked else "paused" if key.paused else "active"
             print(
-                f"{key['id']:>6}  {state:<8} {key['key_prefix']}...  {key['name']}"
-                f"  cutoff={key['end_call_cutoff_seconds']}s"
-                f" storage={key['storage_duration_seconds']}s"
-                f" last_used={key['last_used_at'] or '-'}"
+                f"{key.id:>6}  {state:<8} {key.key_prefix}...  {key.name}"
+                f"  cutoff={key.end_call_cutoff_seconds}s"
+                f" storage={key.storage_duration_seconds}s"
+                f" last_used={key.last_used_at or '-'}"
             )
         if not keys:
             print("no keys")
@@ -153,16 +180,20 @@ def cmd_key_list(args: argparse.Namespace) -> None:
     asyncio.run(_with_publishers(_settings(), action))
 
 
-def _key_change(changes: dict[str, Any] | None) -> Callable[[argparse.Namespace], None]:
+def _key_change(paused: bool | None) -> Callable[[argparse.Namespace], None]:
+    """pause (True), resume (False) or revoke (None)."""
+
     def command(args: argparse.Namespace) -> None:
-        async def action(publishers: Any) -> None:
+        from calltags.models import KeyUpdate
+
+        async def action(publishers: Publishers) -> None:
             from calltags.publishers import KeyNotFound
 
             try:
-                if changes is None:
+                if paused is None:
                     key = await publishers.revoke_key(args.key_id)
                 else:
-                    key = await publishers.update_key(args.key_id, changes)
+                    key = await publishers.update_key(args.key_id, KeyUpdate(paused=paused))
             except KeyNotFound:
                 raise SystemExit(f"no usable key with id {args.key_id}") from None
             _print_json(key)
@@ -176,19 +207,6 @@ def cmd_run(args: argparse.Namespace) -> None:
     from calltags import devserver
 
     devserver.run(load_settings())
-
-
-def _ranged(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low} to {high}")
-        return value
-
-    return parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -217,10 +235,10 @@ def parser() -> argparse.ArgumentParser:
     kcreate.add_argument("--publisher", type=int, required=True)
     kcreate.add_argument("--name", required=True)
     kcreate.add_argument(
-        "--cutoff", type=_ranged(0, 2_592_000), default=3600, help="end-call cut-off, s"
+        "--cutoff", type=int, help=f"end-call cut-off, s (default {DEFAULT_CUTOFF_SECONDS})"
     )
     kcreate.add_argument(
-        "--storage", type=_ranged(60, 2_592_000), default=86400, help="storage duration, s"
+        "--storage", type=int, help=f"storage duration, s (default {DEFAULT_STORAGE_SECONDS})"
     )
     kcreate.set_defaults(func=cmd_key_create)
     klist = key.add_parser("list", help="list a publisher's keys")
@@ -229,17 +247,17 @@ def parser() -> argparse.ArgumentParser:
     rotate = key.add_parser("rotate", help="new secret; the old one works for a grace period")
     rotate.add_argument("key_id", type=int)
     rotate.add_argument(
-        "--grace", type=_ranged(0, 2_592_000), default=86400, help="seconds the old key works"
+        "--grace", type=int, help=f"seconds the old key works (default {DEFAULT_GRACE_SECONDS})"
     )
     rotate.set_defaults(func=cmd_key_rotate)
-    for name, changes, text in (
-        ("pause", {"paused": True}, "pause a key"),
-        ("resume", {"paused": False}, "resume a paused key"),
+    for name, paused, text in (
+        ("pause", True, "pause a key"),
+        ("resume", False, "resume a paused key"),
         ("revoke", None, "revoke a key for good"),
     ):
         action = key.add_parser(name, help=text)
         action.add_argument("key_id", type=int)
-        action.set_defaults(func=_key_change(changes))
+        action.set_defaults(func=_key_change(paused))
     return top
 
 

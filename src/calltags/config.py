@@ -10,10 +10,10 @@ from starlette.config import Config
 from starlette.datastructures import Secret
 
 from calltags.errors import ConfigError
+from calltags.models import MAX_KEY_SECONDS
 
 # A REDIS_URL naming a Redis Cluster (any node of it): redis+cluster:// or rediss+cluster://
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
-MAX_STORAGE_SECONDS = 2_592_000  # 30 days: the largest storage duration and cut-off a key may have
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Settings:
     key_cache_seconds: float
     data_dir: Path
     web_concurrency: int
+    public_url: str | None  # the base of the postback URLs handed to publishers
 
     @property
     def uses_cluster(self) -> bool:
@@ -127,7 +128,7 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         # taken over by another worker.
         flush_claim_idle_seconds=_int(config, "CALLTAGS_FLUSH_CLAIM_IDLE_SECONDS", 60, 1, 86400),
         call_ttl_seconds=_int(
-            config, "CALLTAGS_CALL_TTL_SECONDS", MAX_STORAGE_SECONDS, 3600, 10 * MAX_STORAGE_SECONDS
+            config, "CALLTAGS_CALL_TTL_SECONDS", MAX_KEY_SECONDS, 3600, 10 * MAX_KEY_SECONDS
         ),
         key_cache_seconds=key_cache_seconds,
         rate_limit=_rate(config("CALLTAGS_RATE_LIMIT", default="500/1000")),
@@ -137,6 +138,7 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         ),
         data_dir=Path(config("CALLTAGS_DATA_DIR", default=".data")),
         web_concurrency=_int(config, "WEB_CONCURRENCY", 1, 1, 256),
+        public_url=config("CALLTAGS_PUBLIC_URL", default="").rstrip("/") or None,
     )
 
 

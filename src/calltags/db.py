@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from calltags.errors import StoreUnavailable
+from calltags.errors import StoreUnavailable, unavailable_on
 
 log = logging.getLogger("calltags.db")
 
@@ -16,10 +16,32 @@ log = logging.getLogger("calltags.db")
 _MIGRATION_LOCK = 0x63616C6C74616773  # "calltags"
 
 
+# What asyncpg raises when Postgres cannot be reached or cannot serve (not for a query's
+# own fault, which is a bug to see, not an outage).
+POSTGRES_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+# A class decorator: the store's methods raise StoreUnavailable for POSTGRES_ERRORS.
+postgres_errors = unavailable_on(*POSTGRES_ERRORS)
+CONNECT_TIMEOUT = 5.0  # s to open a connection: an outage is answered 503 within it
+COMMAND_TIMEOUT = 30.0  # s a web process's statement may take
+
+
 async def create_pool(dsn: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     try:
-        return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
-    except (OSError, asyncpg.PostgresError) as exc:
+        return await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=CONNECT_TIMEOUT,
+            command_timeout=COMMAND_TIMEOUT,
+        )
+    except (*POSTGRES_ERRORS, asyncpg.PostgresError) as exc:  # type: ignore[misc]
         raise StoreUnavailable(f"cannot connect to Postgres: {exc}") from exc
 
 

@@ -1,6 +1,19 @@
-"""Exception classes, and the one table of API error codes."""
+"""Exception classes, and the one table of API error codes.
+
+Every error any route answers is `{"error": CODE, "message": TEXT}` with the HTTP
+status the table gives the code (`ApiError`); the OpenAPI document's error responses
+and the log page's status filter are read from the same table.
+"""
 
 from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+RETRY_AFTER_SECONDS = 1  # what a 503 tells the client to wait before retrying
 
 
 class ConfigError(Exception):
@@ -11,52 +24,105 @@ class StoreUnavailable(Exception):
     """Redis or Postgres could not be reached or refused the write."""
 
 
+C = TypeVar("C", bound=type)
+
+
+def unavailable_on(*errors: type[BaseException]) -> Callable[[C], C]:
+    """A class decorator for a store: each public coroutine method of the class raises
+    StoreUnavailable where a driver raised one of `errors`, so that no caller handles
+    driver errors (the store's boundary is wrapped once)."""
+
+    def wrap(method: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        async def wrapped(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await method(*args, **kwargs)
+            except errors as exc:
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+        return wrapped
+
+    def decorate(cls: C) -> C:
+        for name, value in list(vars(cls).items()):
+            if not name.startswith("_") and inspect.iscoroutinefunction(value):
+                setattr(cls, name, wrap(value))
+        return cls
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    code: str
+    status: int
+    message: str  # the message when the raiser gives none
+    logged: bool = False  # a postback can be refused with it: it is in the postback log
+
+
+_TABLE = (
+    # The publisher API (/data_writing): each refusal is a postback log entry.
+    ErrorCode(
+        "missing_key", 401, "a postback key is required: ?key=... or /data_writing/KEY", True
+    ),
+    ErrorCode("invalid_key", 401, "the postback key is not valid", True),
+    ErrorCode("missing_signature", 401, "this key requires signed postbacks", True),
+    ErrorCode("invalid_signature", 401, "the signature does not match the request", True),
+    ErrorCode("key_paused", 403, "the postback key is paused", True),
+    ErrorCode("address_not_allowed", 403, "this key does not accept posts from here", True),
+    ErrorCode("missing_caller", 422, "caller_number or call_uuid is required", True),
+    ErrorCode("invalid_caller_number", 422, "not a possible phone number", True),
+    ErrorCode("no_tags", 422, "the postback carries no tags", True),
+    ErrorCode("invalid_tag", 422, "a tag name or value breaks the tag rules", True),
+    ErrorCode("too_many_tags", 422, "too many tags in one postback", True),
+    ErrorCode("call_not_found", 404, "no call with that call_uuid", True),
+    ErrorCode("invalid_body", 400, "the body cannot be read", True),
+    ErrorCode("invalid_query", 400, "the query string cannot be read", True),
+    ErrorCode("unsupported_media_type", 415, "post JSON or a url-encoded form", True),
+    ErrorCode("payload_too_large", 413, "the body is too large", True),
+    ErrorCode("rate_limited", 429, "too many requests, retry later", True),
+    ErrorCode("unavailable", 503, "a store is unavailable, retry shortly", True),
+    # Written by the workers for a log entry they could not read (never answered).
+    ErrorCode("undecodable_entry", 500, "the log entry could not be read", True),
+    # Routing and admin.
+    ErrorCode("unauthorized", 401, "a valid Bearer token is required"),
+    ErrorCode("invalid_request", 422, "the request does not fit the API"),
+    ErrorCode("call_exists", 409, "that call_uuid belongs to another caller"),
+    ErrorCode("publisher_not_found", 404, "no such publisher"),
+    ErrorCode("key_not_found", 404, "no such usable key"),
+    # Any route.
+    ErrorCode("not_found", 404, "no such route"),
+    ErrorCode("method_not_allowed", 405, "this route does not take that method"),
+    ErrorCode("preflight_refused", 400, "the CORS preflight asks for what is not allowed"),
+    ErrorCode("internal_error", 500, "internal error"),
+)
+ERRORS: dict[str, ErrorCode] = {error.code: error for error in _TABLE}
+LOGGED_CODES = tuple(error.code for error in _TABLE if error.logged)
+
+
 class ApiError(Exception):
-    """An error answered to the client as `{"error": code, "message": message}`."""
+    """An error answered to the client as `{"error": code, "message": message}`, with
+    the status of `code` in the table; a 503 always says when to retry."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
+    def __init__(
+        self, code: str, message: str | None = None, headers: dict[str, str] | None = None
+    ):
+        spec = ERRORS[code]
         self.code = code
-        self.message = message
+        self.status = spec.status
+        self.message = message if message is not None else spec.message
+        if self.status == 503:
+            headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **(headers or {})}
         self.headers = headers
-
-
-def missing_key() -> ApiError:
-    return ApiError(401, "missing_key", "a postback key is required: ?key=... or /data_writing/KEY")
-
-
-def invalid_key() -> ApiError:
-    return ApiError(401, "invalid_key", "the postback key is not valid")
-
-
-def key_paused() -> ApiError:
-    return ApiError(403, "key_paused", "the postback key is paused")
-
-
-def missing_caller() -> ApiError:
-    return ApiError(422, "missing_caller", "caller_number or call_uuid is required")
+        super().__init__(self.message)
 
 
 def invalid_caller_number(raw: str) -> ApiError:
-    return ApiError(422, "invalid_caller_number", f"{raw!r} is not a possible phone number")
+    return ApiError("invalid_caller_number", f"{raw!r} is not a possible phone number")
 
 
-def unauthorized() -> ApiError:
-    return ApiError(401, "unauthorized", "a valid Bearer token is required")
-
-
-def unavailable(message: str = "the store is unavailable, retry shortly") -> ApiError:
-    return ApiError(503, "unavailable", message, {"Retry-After": "1"})
-
-
-def not_found(code: str, message: str) -> ApiError:
-    return ApiError(404, code, message)
+def call_not_found(call_uuid: str) -> ApiError:
+    return ApiError("call_not_found", f"no call with call_uuid {call_uuid[:128]!r}")
 
 
 def invalid_request(message: str) -> ApiError:
-    return ApiError(422, "invalid_request", message)
-
-
-def method_not_allowed() -> ApiError:
-    return ApiError(405, "method_not_allowed", "Method Not Allowed")
+    return ApiError("invalid_request", message)

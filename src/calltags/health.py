@@ -1,26 +1,28 @@
-"""Liveness and readiness."""
+"""Liveness (/healthz, served by the front in every process) and readiness (/readyz)."""
 
 from __future__ import annotations
 
 import asyncio
 
-import asyncpg
+import msgspec
 from starlette.requests import Request
-from starlette.responses import Response
 
-from calltags.http import JSONResponse
-from calltags.services import services
+from calltags.db import POSTGRES_ERRORS
+from calltags.models import Health, LogBacklog, Readiness
+from calltags.operations import Api, Operation
+from calltags.services import Services
 from calltags.store import REDIS_ERRORS
 
 _CHECK_TIMEOUT = 2.0  # s a readiness probe waits for each store
+HEALTHY = msgspec.json.encode(Health(status="ok"))
 
 
-async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+async def healthz() -> bytes:
+    """The process answers: nothing else is asked."""
+    return HEALTHY
 
 
-async def readyz(request: Request) -> Response:
-    svc = services(request)
+async def readyz(svc: Services, request: Request) -> tuple[int, Readiness]:
     checks: dict[str, str] = {}
     try:
         await asyncio.wait_for(svc.redis.ping(), _CHECK_TIMEOUT)
@@ -30,21 +32,32 @@ async def readyz(request: Request) -> Response:
     try:
         await asyncio.wait_for(svc.pool.fetchval("SELECT 1"), _CHECK_TIMEOUT)
         checks["postgres"] = "ok"
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+    except POSTGRES_ERRORS as exc:
         checks["postgres"] = f"unreachable: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
     # The backlog does not make the process unready: every web process shares it, and
     # routing must go on while postbacks are refused.
     backlog = svc.log.last
-    log = {
-        "backlog": backlog.total,
-        "backlog_postbacks": backlog.postbacks,
-        "backlog_calls": backlog.calls,
-        "oldest_entry_age_seconds": round(backlog.oldest_age_seconds(), 3),
-        "max_backlog": svc.log.max_backlog,
-        "accepting": not svc.log.full,
-    }
-    return JSONResponse(
-        {"status": "ready" if ready else "unavailable", "checks": checks, "log": log},
-        status_code=200 if ready else 503,
+    body = Readiness(
+        status="ready" if ready else "unavailable",
+        checks=checks,
+        log=LogBacklog(
+            backlog=backlog.total,
+            backlog_postbacks=backlog.postbacks,
+            backlog_calls=backlog.calls,
+            oldest_entry_age_seconds=round(backlog.oldest_age_seconds(), 3),
+            max_backlog=svc.log.max_backlog,
+            accepting=not svc.log.full,
+        ),
     )
+    return 200 if ready else 503, body
+
+
+OPERATIONS = (
+    Operation(Api.FRONT, "GET", "/healthz", "Liveness: the process answers", healthz,
+              response=Health),
+    Operation(
+        Api.ADMIN, "GET", "/readyz", "Readiness: Redis and Postgres reachable", readyz,
+        response=Readiness, also={503: Readiness},
+    ),
+)  # fmt: skip

@@ -1,4 +1,6 @@
-"""JSON responses and request helpers shared by the routes."""
+"""Reading requests and answering errors, for every API: body limits, query pairs,
+Bearer tokens, and `error_answer`, the one function that turns an error into what the
+client gets."""
 
 from __future__ import annotations
 
@@ -11,27 +13,32 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from calltags import errors
 from calltags.errors import ApiError
 
 MAX_BODY_BYTES = 1024 * 1024  # 1 MiB
 
+Answer = tuple[int, bytes, dict[str, str] | None]  # HTTP status, JSON body, extra headers
+
+
+def error_answer(exc: ApiError) -> Answer:
+    """What the client gets for an error, on every route of every API."""
+    return exc.status, orjson.dumps({"error": exc.code, "message": exc.message}), exc.headers
+
 
 class JSONResponse(Response):
+    """A JSON answer of bytes already encoded (orjson or msgspec)."""
+
     media_type = "application/json"
 
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
 
-
-def error_response(exc: ApiError) -> JSONResponse:
-    return JSONResponse(
-        {"error": exc.code, "message": exc.message}, status_code=exc.status, headers=exc.headers
-    )
+def error_response(exc: ApiError) -> Response:
+    """`error_answer` as a Starlette response, for the admin side."""
+    status, body, headers = error_answer(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def too_large() -> ApiError:
-    return ApiError(413, "payload_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
+    return ApiError("payload_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -49,7 +56,7 @@ async def collect_body(
             if int(declared) > limit:
                 raise too_large()
         except ValueError as exc:
-            raise ApiError(400, "invalid_body", "Content-Length is not a number") from exc
+            raise ApiError("invalid_body", "Content-Length is not a number") from exc
     parts: list[bytes] = []
     size = 0
     async for chunk in chunks:
@@ -88,21 +95,15 @@ def parse_object(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_body", "the body is not valid JSON") from exc
+        raise ApiError("invalid_body", "the body is not valid JSON") from exc
     if not isinstance(data, dict):
-        raise ApiError(400, "invalid_body", "the body must be a JSON object")
+        raise ApiError("invalid_body", "the body must be a JSON object")
     return data
 
 
-async def json_object(request: Request) -> dict[str, Any]:
-    """The body as a JSON object ({} when empty), or ApiError 400 `invalid_body`."""
-    body = await read_body(request)
-    return parse_object(body) if body.strip() else {}
-
-
-def require_bearer(request: Request, tokens: Iterable[str | None]) -> None:
-    """ApiError 401 unless the Authorization header carries one of `tokens`."""
-    check_bearer(request.headers.get("authorization"), tokens)
+def query_values(request: Request) -> dict[str, str]:
+    """The query parameters given a value (stripped), the last of a repeat winning."""
+    return {name: value.strip() for name, value in request.query_params.items() if value.strip()}
 
 
 def check_bearer(header: str | None, tokens: Iterable[str | None]) -> None:
@@ -113,4 +114,4 @@ def check_bearer(header: str | None, tokens: Iterable[str | None]) -> None:
         for token in tokens:
             if token and hmac.compare_digest(given, token.encode()):
                 return
-    raise errors.unauthorized()
+    raise ApiError("unauthorized")

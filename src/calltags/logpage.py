@@ -14,29 +14,24 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-import asyncpg
 import jinja2
+import msgspec
 import orjson
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from calltags import errors
-from calltags.errors import ApiError, StoreUnavailable
-from calltags.http import read_body, require_bearer
-from calltags.listings import POSTBACK_FILTERS, STATUS_GROUPS, STATUSES, postbacks_page
+from calltags.errors import RETRY_AFTER_SECONDS, ApiError, StoreUnavailable
+from calltags.http import check_bearer, query_values, read_body
+from calltags.models import STATUS_FILTERS, PostbackEntry, PostbackFilters, convert
+from calltags.operations import Api, Auth, Operation
 from calltags.services import Services, services
 
 SESSION_COOKIE = "calltags_session"
 SESSION_SECONDS = 12 * 3600  # 12 h
 PAGE_LIMIT = "50"  # entries a page shows unless the URL asks otherwise
 LOGIN_BODY_LIMIT = 8192  # bytes of a login form
-# Offered in the status filter; any other error code can be typed into the URL.
-ERROR_CODES = (
-    "missing_key", "invalid_key", "key_paused", "missing_caller", "invalid_caller_number",
-    "no_tags", "invalid_tag", "too_many_tags", "call_not_found", "payload_too_large",
-    "invalid_body", "rate_limited", "unavailable",
-)  # fmt: skip
+FILTERS = frozenset(PostbackFilters.__struct_fields__)
 _HEADERS = {
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
@@ -76,13 +71,9 @@ def valid_session(token: str, value: str, now: float | None = None) -> bool:
     return expires.isdigit() and int(expires) > (time.time() if now is None else now)
 
 
-def _token(svc: Services) -> str | None:
-    token = svc.settings.admin_token
-    return str(token) if token else None
-
-
-def _signed_in(request: Request, svc: Services) -> bool:
-    token = _token(svc)
+def signed_in(request: Request, svc: Services) -> bool:
+    """The session cookie is valid, or the request carries the admin Bearer token."""
+    token = svc.admin_token()
     if token is None:
         return False
     cookie = request.cookies.get(SESSION_COOKIE)
@@ -90,7 +81,7 @@ def _signed_in(request: Request, svc: Services) -> bool:
         return True
     if "authorization" in request.headers:
         try:
-            require_bearer(request, (token,))
+            check_bearer(request.headers.get("authorization"), (token,))
         except ApiError:
             return False
         return True
@@ -98,19 +89,22 @@ def _signed_in(request: Request, svc: Services) -> bool:
 
 
 def _render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
-    return templates.TemplateResponse(request, name, context, status_code=status, headers=_HEADERS)
+    headers = _HEADERS
+    if status == 503:
+        headers = {**_HEADERS, "Retry-After": str(RETRY_AFTER_SECONDS)}
+    return templates.TemplateResponse(request, name, context, status_code=status, headers=headers)
 
 
 async def login_form(request: Request) -> Response:
     svc = services(request)
-    if _signed_in(request, svc):
+    if signed_in(request, svc):
         return RedirectResponse("/admin/log", status_code=303)
     return _render(request, "login.html", {"message": None})
 
 
 async def login(request: Request) -> Response:
     svc = services(request)
-    token = _token(svc)
+    token = svc.admin_token()
     form = dict(parse_qsl((await read_body(request, LOGIN_BODY_LIMIT)).decode("utf-8", "replace")))
     given = form.get("token", "").strip()
     if token is None or not hmac.compare_digest(given.encode(), token.encode()):
@@ -134,43 +128,40 @@ async def logout(request: Request) -> Response:
     return response
 
 
-def _entry_view(item: dict[str, Any]) -> dict[str, Any]:
+def _entry_view(entry: PostbackEntry) -> dict[str, Any]:
+    item = msgspec.structs.asdict(entry)
     return {
         **item,
-        "outcome": item["status"] or item["error"] or "",
-        "accepted": item["error"] is None,
-        "tag_text": ", ".join(f"{k}={v}" for k, v in item["tags"].items()),
+        "outcome": entry.status or entry.error or "",
+        "accepted": entry.error is None,
+        "tag_text": ", ".join(f"{k}={v}" for k, v in entry.tags.items()),
         "payload": orjson.dumps(item, option=orjson.OPT_INDENT_2).decode(),
     }
 
 
 async def log_page(request: Request) -> Response:
     svc = services(request)
-    if not _signed_in(request, svc):
+    if not signed_in(request, svc):
         return RedirectResponse("/admin/login", status_code=303)
-    filters = {
-        name: value.strip()
-        for name, value in request.query_params.items()
-        if name in POSTBACK_FILTERS and value.strip()
-    }
-    query = {"limit": PAGE_LIMIT, **filters}
+    filters = {name: value for name, value in query_values(request).items() if name in FILTERS}
     entries: list[dict[str, Any]] = []
     next_url = None
     message = None
     status = 200
     try:
-        page = await postbacks_page(svc.pool, query, svc.settings.default_region)
+        query = convert({"limit": PAGE_LIMIT, **filters}, PostbackFilters)
+        page = await svc.records.postbacks(query, svc.settings.default_region)
         entries = [_entry_view(item) for item in page.items]
         if page.next_cursor is not None:
             next_url = "/admin/log?" + urlencode({**filters, "cursor": page.next_cursor})
     except ApiError as exc:
         message, status = exc.message, exc.status
     except StoreUnavailable:
-        error = errors.unavailable("Postgres is unavailable, retry shortly")
+        error = ApiError("unavailable", "Postgres is unavailable, retry shortly")
         message, status = error.message, error.status
     try:
         publishers = await svc.publishers.list_publishers()
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+    except StoreUnavailable:
         publishers = []  # the publisher filter is then a bare id field
     backlog = svc.log.last
     context = {
@@ -182,8 +173,24 @@ async def log_page(request: Request) -> Response:
         + urlencode({k: v for k, v in filters.items() if k != "cursor"}),
         "message": message,
         "publishers": publishers,
-        "statuses": [*STATUS_GROUPS, *STATUSES, *ERROR_CODES],
+        "statuses": STATUS_FILTERS,
         "backlog": backlog.total,
         "lag_seconds": round(backlog.oldest_age_seconds(), 1),
     }
     return _render(request, "log.html", context, status)
+
+
+OPERATIONS = (
+    Operation(
+        Api.ADMIN, "GET", "/admin/log", "The postback log page (sign-in first)", log_page,
+        Auth.SESSION, query=PostbackFilters, html=True,
+    ),
+    Operation(
+        Api.ADMIN, "GET", "/admin/login", "The sign-in page", login_form, html=True,
+    ),
+    Operation(
+        Api.ADMIN, "POST", "/admin/login", "Sign in with the admin token (form field token)",
+        login, redirect=True,
+    ),
+    Operation(Api.ADMIN, "POST", "/admin/logout", "Sign out", logout, redirect=True),
+)  # fmt: skip

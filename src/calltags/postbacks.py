@@ -1,29 +1,34 @@
-"""The publisher API: GET|POST /data_writing and /data_writing/{key}.
-
-The busiest endpoint, so it is a plain ASGI app reading the scope itself, without
-Starlette's Request and Response objects: `App` (app.py) hands it GET and POST requests
-without an Origin header directly, and the rest (browsers' CORS requests, OPTIONS)
-through Starlette's router and CORSMiddleware, so both see the same handler.
+"""The publisher API: GET|POST /data_writing and /data_writing/{key}, a plain ASGI app
+reading the scope itself (the busiest endpoint: Starlette's Request, Response, router
+and middleware would cost more than its own work). Browsers post lead forms to it
+straight from any origin, so it answers CORS itself, preflight included.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from typing import Any
 
 import orjson
+from msgspec import UNSET
 from starlette.types import Receive, Scope, Send
 
-from calltags import errors, phone, signing
-from calltags.asgi import Answer, Incoming, failed, guarded, send_json
-from calltags.errors import ApiError, StoreUnavailable
-from calltags.http import parse_object, query_pairs
+from calltags import phone, signing
+from calltags.asgi import Incoming, send_json
+from calltags.errors import LOGGED_CODES, ApiError, StoreUnavailable, call_not_found
+from calltags.http import Answer, error_answer, parse_object, query_pairs
+from calltags.keycache import KeyInfo
 from calltags.log import make_entry
-from calltags.publishers import KeyInfo
+from calltags.metrics import UNMATCHED, Metrics
+from calltags.models import PostbackAnswer, PostbackParams, encode
+from calltags.operations import Api, Operation
 from calltags.services import Services
 from calltags.store import CallNotFound, PostbackResult, RateLimit, RateLimited
 from calltags.times import iso_ms, now_ms
+
+log = logging.getLogger("calltags")
 
 PATH = "/data_writing"
 _KEYED = PATH + "/"
@@ -34,6 +39,13 @@ MAX_PARAMS = 1000  # parameters read from one request; more is refused before an
 RESERVED = frozenset(("key", "caller_number", "call_uuid"))
 _TAG_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 CALL_UUID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+DOC = (
+    "Parameters come from the query string and, for POST, from a JSON object or"
+    " url-encoded form body (the body wins; of a repeated parameter the last wins)."
+    " `key` (or the path) and `caller_number` or `call_uuid` are required; every other"
+    f" parameter is a tag: names of 1-64 of A-Z a-z 0-9 _ . - (folded to lower case),"
+    f" values up to {MAX_TAG_VALUE_BYTES} bytes, at most {MAX_TAGS} tags."
+)
 
 
 def _text(name: str, value: Any) -> str:
@@ -45,7 +57,6 @@ def _text(name: str, value: Any) -> str:
     if isinstance(value, int | float):
         return str(value)
     raise ApiError(
-        422,
         "invalid_tag",
         f"{name[:64]!r}: values must be strings, numbers or booleans",
     )
@@ -56,9 +67,9 @@ def _form_pairs(body: bytes) -> list[tuple[str, str]]:
         text = body.decode("utf-8")
         return query_pairs(text, MAX_PARAMS)
     except UnicodeDecodeError as exc:
-        raise ApiError(400, "invalid_body", "the form body is not valid UTF-8") from exc
+        raise ApiError("invalid_body", "the form body is not valid UTF-8") from exc
     except ValueError as exc:
-        raise ApiError(400, "invalid_body", f"more than {MAX_PARAMS} parameters") from exc
+        raise ApiError("invalid_body", f"more than {MAX_PARAMS} parameters") from exc
 
 
 def path_key(path: str) -> str | None:
@@ -80,7 +91,7 @@ async def _params(posted: Incoming) -> tuple[dict[str, str], bytes]:
         # As Starlette reads a query string: Latin-1 text, %-escapes as UTF-8.
         query = query_pairs(posted.query.decode("latin-1"), MAX_PARAMS)
     except ValueError as exc:
-        raise ApiError(400, "invalid_request", f"more than {MAX_PARAMS} parameters") from exc
+        raise ApiError("invalid_query", f"more than {MAX_PARAMS} parameters") from exc
     params = dict(query)
     if posted.method != "POST":
         return params, b""
@@ -90,11 +101,11 @@ async def _params(posted: Incoming) -> tuple[dict[str, str], bytes]:
     content_type = (posted.header(b"content-type") or "").split(";")[0].strip().lower()
     is_json = content_type == "application/json" or content_type.endswith("+json")
     if content_type == "multipart/form-data":
-        raise ApiError(415, "unsupported_media_type", "post JSON or a url-encoded form")
+        raise ApiError("unsupported_media_type", "post JSON or a url-encoded form")
     if is_json or (content_type in ("", "text/plain") and body.lstrip()[:1] == b"{"):
         data = parse_object(body)
         if len(data) > MAX_PARAMS:
-            raise ApiError(400, "invalid_body", f"more than {MAX_PARAMS} parameters")
+            raise ApiError("invalid_body", f"more than {MAX_PARAMS} parameters")
         for name, value in data.items():
             params[name] = _text(name, value)
     else:
@@ -109,21 +120,20 @@ def _tags(params: dict[str, str]) -> dict[str, str]:
             continue
         if not _TAG_NAME.fullmatch(name):
             raise ApiError(
-                422,
                 "invalid_tag",
                 f"tag name {name[:64]!r} must be 1-64 characters of A-Z a-z 0-9 _ . -",
             )
         try:
             size = len(value.encode("utf-8"))
         except UnicodeEncodeError as exc:
-            raise ApiError(422, "invalid_tag", f"tag {name!r} is not valid UTF-8") from exc
+            raise ApiError("invalid_tag", f"tag {name!r} is not valid UTF-8") from exc
         if size > MAX_TAG_VALUE_BYTES:
-            raise ApiError(422, "invalid_tag", f"tag {name!r} is over {MAX_TAG_VALUE_BYTES} bytes")
+            raise ApiError("invalid_tag", f"tag {name!r} is over {MAX_TAG_VALUE_BYTES} bytes")
         tags[name.lower()] = value
     if not tags:
-        raise ApiError(422, "no_tags", "the postback carries no tags")
+        raise ApiError("no_tags", "the postback carries no tags")
     if len(tags) > MAX_TAGS:
-        raise ApiError(422, "too_many_tags", f"at most {MAX_TAGS} tags a postback")
+        raise ApiError("too_many_tags", f"at most {MAX_TAGS} tags a postback")
     return tags
 
 
@@ -131,8 +141,8 @@ class _Outcome:
     """What one request did, for the log entry written whatever happened."""
 
     __slots__ = (
-        "call_json", "call_uuid", "caller_number", "caller_raw", "key", "logged", "params",
-        "received_ms", "secret", "tags",
+        "call_uuid", "caller_number", "caller_raw", "key", "logged", "params", "received_ms",
+        "secret", "tags",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -144,7 +154,6 @@ class _Outcome:
         self.caller_number: str | None = None
         self.call_uuid: str | None = None
         self.tags: dict[str, str] | None = None
-        self.call_json: bytes | None = None
         self.logged = False  # the store appended the log entry with the write
 
 
@@ -178,7 +187,6 @@ def _entry(req: Incoming, out: _Outcome, failure: ApiError | None, status: str |
 def _rate_limited(exc: RateLimited) -> ApiError:
     seconds = max(1, -(-exc.retry_after_ms // 1000))
     return ApiError(
-        429,
         "rate_limited",
         f"this key may post {exc.limit:g} times a second (bursts of {exc.burst}); "
         f"retry in {seconds} s",
@@ -201,7 +209,6 @@ async def _key(svc: Services, req: Incoming, secret: str) -> KeyInfo:
         if wait:
             seconds = str(max(1, round(wait)))
             raise ApiError(
-                429,
                 "rate_limited",
                 "too many invalid keys from this address; retry later",
                 {"Retry-After": seconds},
@@ -211,22 +218,20 @@ async def _key(svc: Services, req: Incoming, secret: str) -> KeyInfo:
         if guard.per_minute:
             attempts, left_ms = await svc.store.count_failure(address, guard.WINDOW_MS)
             guard.record(address, attempts, left_ms)
-        raise errors.invalid_key()
+        raise ApiError("invalid_key")
     if key.paused:
-        raise errors.key_paused()
+        raise ApiError("key_paused")
     if not key.allows(req.address):
-        raise ApiError(403, "address_not_allowed", "this key does not accept posts from here")
+        raise ApiError("address_not_allowed")
     return key
 
 
-async def _handle(svc: Services, req: Incoming, out: _Outcome) -> dict[str, Any]:
+async def _handle(svc: Services, req: Incoming, out: _Outcome) -> PostbackAnswer:
     params, raw_body = await _params(req)
     out.params = params
-    # The router's path parameter when the request came through it (it knows a root
-    # path), else the key read off the path.
-    secret = req.path_params.get("key") or path_key(req.path) or params.get("key")
+    secret = path_key(req.path) or params.get("key")
     if not secret:
-        raise errors.missing_key()
+        raise ApiError("missing_key")
     out.secret = secret
     out.key = key = await _key(svc, req, secret)
     presented = req.header(_SIGNATURE)
@@ -246,7 +251,7 @@ async def _handle(svc: Services, req: Incoming, out: _Outcome) -> dict[str, Any]
     out.call_uuid = call_uuid = params.get("call_uuid") or None
     out.caller_raw = caller_raw = params.get("caller_number") or None
     if call_uuid is None and caller_raw is None:
-        raise errors.missing_caller()
+        raise ApiError("missing_caller")
     region = svc.settings.default_region
     caller = phone.normalize(caller_raw, region) if caller_raw is not None else None
     out.caller_number = caller  # logged with a later rejection too, so filters find it
@@ -254,7 +259,7 @@ async def _handle(svc: Services, req: Incoming, out: _Outcome) -> dict[str, Any]
     if call_uuid is not None:
         found = await svc.store.caller_of(call_uuid) if CALL_UUID.fullmatch(call_uuid) else None
         if found is None or (caller is not None and caller != found):
-            raise errors.not_found("call_not_found", f"no call with call_uuid {call_uuid[:128]!r}")
+            raise call_not_found(call_uuid)
         caller = found
     assert caller is not None
     out.caller_number = caller
@@ -275,55 +280,155 @@ async def _handle(svc: Services, req: Incoming, out: _Outcome) -> dict[str, Any]
         )
     except CallNotFound as exc:
         out.logged = True
-        raise errors.not_found("call_not_found", f"no call with call_uuid {call_uuid!r}") from exc
+        raise call_not_found(call_uuid or "") from exc
     except RateLimited as exc:
         out.logged = True
         raise _rate_limited(exc) from exc
     out.logged = True
-    body: dict[str, Any] = {"tag_values": tags, "caller_number": caller, "status": result.status}
-    if result.call_uuid is not None:
-        body["call_uuid"] = result.call_uuid
-    if result.expires_at_ms is not None:
-        body["expires_at"] = iso_ms(result.expires_at_ms)
-    return body
+    return PostbackAnswer(
+        tag_values=tags,
+        caller_number=caller,
+        status=result.status,  # type: ignore[arg-type]
+        call_uuid=result.call_uuid if result.call_uuid is not None else UNSET,
+        expires_at=iso_ms(result.expires_at_ms) if result.expires_at_ms is not None else UNSET,
+    )
 
 
 _SIGNATURE = signing.SIGNATURE_HEADER.encode()
 _TIMESTAMP = signing.TIMESTAMP_HEADER.encode()
+_ALLOW = "GET, POST, OPTIONS"
+_ORIGIN = b"origin"
+_PREFLIGHT_METHOD = b"access-control-request-method"
+_PREFLIGHT_HEADERS = b"access-control-request-headers"
+_PREFLIGHT_PRIVATE = b"access-control-request-private-network"
+# CORS for any origin, as lead forms post from anywhere. Every answer differs by Origin.
+_VARY = (b"vary", b"Origin")
+_ANY_ORIGIN = (b"access-control-allow-origin", b"*")
+_PREFLIGHT = [
+    (
+        b"vary",
+        b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers,"
+        b" Access-Control-Request-Private-Network",
+    ),
+    _ANY_ORIGIN,
+    (b"access-control-allow-methods", _ALLOW.encode()),
+    (b"access-control-max-age", b"86400"),  # 1 day a browser may keep the preflight
+]
 
 
-async def _answer(svc: Services, req: Incoming) -> Answer:
-    """What a GET or POST gets."""
+async def _answer(svc: Services, req: Incoming) -> tuple[Answer, str]:
+    """What a GET or POST gets, and its outcome (a status string or an error code)."""
     if svc.log.full:  # refused before any write; not logged: the log is what is full
         svc.log.refused += 1
-        return failed(errors.unavailable("the postback log is full, retry shortly"))
+        full = ApiError("unavailable", "the postback log is full, retry shortly")
+        return error_answer(full), full.code
     out = _Outcome()
     try:
-        return 200, orjson.dumps(await _handle(svc, req, out)), None
+        answer = await _handle(svc, req, out)
+        return (200, encode(answer), None), answer.status
     except ApiError as exc:
         failure = exc
-    except StoreUnavailable:
-        failure = errors.unavailable()
+    except StoreUnavailable as exc:
+        log.warning("store unavailable: %s", exc)
+        failure = ApiError("unavailable")
         out.logged = False  # the write may not have happened: log what the client saw
     if not out.logged:
         try:
             await svc.store.append_log(_entry(req, out, failure, None))
         except StoreUnavailable:
-            return failed(errors.unavailable())
-    return failed(failure)
+            failure = ApiError("unavailable")
+    return error_answer(failure), failure.code
 
 
-async def data_writing(scope: Scope, receive: Receive, send: Send) -> None:
+def _preflight(req: Incoming) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """A browser's CORS preflight: allowed for any origin, GET and POST, any headers."""
+    headers = list(_PREFLIGHT)
+    requested = req.headers.get(_PREFLIGHT_HEADERS)
+    if requested is not None:  # every header is allowed: the ones asked for are named
+        headers.append((b"access-control-allow-headers", requested))
+    failures = []
+    if req.header(_PREFLIGHT_METHOD) not in ("GET", "POST", "OPTIONS"):
+        failures.append("method")
+    if _PREFLIGHT_PRIVATE in req.headers:
+        failures.append("private-network")
+    if failures:
+        refused = ApiError("preflight_refused", "Disallowed CORS " + ", ".join(failures))
+        status, body, _ = error_answer(refused)
+        return status, body, [(b"content-type", b"application/json"), *headers]
+    return 200, b"OK", [(b"content-type", b"text/plain; charset=utf-8"), *headers]
+
+
+_TAGS_PARAMETER = {
+    "name": "tags",
+    "in": "query",
+    "style": "form",
+    "explode": True,
+    "description": "every other parameter is a tag: name=value",
+    "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+}
+
+
+def _unroutable(path: str) -> ApiError:
+    return ApiError("not_found", f"no route {path[:200]!r}: a key holds no slash")
+
+
+OPERATIONS = tuple(
+    Operation(
+        Api.PUBLISHER, method, path, "Write tags for a caller", _answer,
+        query=PostbackParams, body=PostbackParams if method == "POST" else None,
+        response=PostbackAnswer,
+        errors=tuple(code for code in LOGGED_CODES if code != "undecodable_entry"),
+        doc={"description": DOC, "parameters": [_TAGS_PARAMETER]},
+    )
+    for path in (PATH, PATH + "/{key}")
+    for method in ("GET", "POST")
+)  # fmt: skip
+
+
+class PublisherApi:
     """The ASGI app of /data_writing and /data_writing/{key}."""
-    method = scope["method"]
-    if method == "GET" or method == "POST":
-        svc: Services = scope["app"].state.services
-        answer = await guarded(_answer(svc, Incoming(scope, receive)))
-    elif method == "OPTIONS":  # not a CORS preflight, which CORSMiddleware answers
-        answer = 204, b"", {"Allow": "GET, POST, OPTIONS"}
-    else:
-        status, body, _ = failed(errors.method_not_allowed())
-        answer = status, body, {"Allow": "GET, POST, OPTIONS"}
-    # The answer differs by Origin (CORS): caches must know. Through the router (which
-    # sets path_params), CORSMiddleware says so itself.
-    await send_json(send, *answer, vary_origin="path_params" not in scope)
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+        self.services: Services | None = None
+
+    def bind(self, services: Services) -> None:
+        self.services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        req = Incoming(scope, receive)
+        method = req.method
+        route = PATH if req.path == PATH else PATH + "/{key}"
+        cors = [_VARY, _ANY_ORIGIN] if _ORIGIN in req.headers else [_VARY]
+        headers: dict[str, str] | None = None
+        if path_key(req.path) is None:
+            status, body, headers = error_answer(_unroutable(req.path))
+            route = UNMATCHED
+        elif method == "GET" or method == "POST":
+            (status, body, headers), outcome = await self.answer(req)
+            self.metrics.outcome(outcome)
+            self.metrics.postback_latency.observe(req.seconds())
+        elif method == "OPTIONS" and _ORIGIN in req.headers and _PREFLIGHT_METHOD in req.headers:
+            status, body, raw = _preflight(req)
+            self.metrics.request(Api.PUBLISHER.value, route, method, status)
+            await send({"type": "http.response.start", "status": status, "headers": raw})
+            await send({"type": "http.response.body", "body": body})
+            return
+        elif method == "OPTIONS":
+            status, body, headers = 204, b"", {"Allow": _ALLOW}
+        else:
+            refused = ApiError("method_not_allowed", f"{route} takes {_ALLOW}", {"Allow": _ALLOW})
+            status, body, headers = error_answer(refused)
+        self.metrics.request(Api.PUBLISHER.value, route, method, status)
+        await send_json(send, status, body, headers, cors)
+
+    async def answer(self, req: Incoming) -> tuple[Answer, str]:
+        """What a GET or POST gets (bugs included), and its outcome."""
+        svc = self.services
+        assert svc is not None, "the publisher API answers once the front has started"
+        try:
+            return await _answer(svc, req)
+        except Exception:
+            log.exception("%s %s failed", req.method, req.path[:64])
+            internal = ApiError("internal_error")
+            return error_answer(internal), internal.code

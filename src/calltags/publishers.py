@@ -1,31 +1,28 @@
-"""Publishers and their postback keys: Postgres is the record, Redis the hot-path mirror."""
+"""Publishers and their postback keys: Postgres is the record; every change of a key's
+row is mirrored into Redis for the hot path (`keycache`). Postgres and Redis errors
+become StoreUnavailable at this boundary."""
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import secrets
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 
-from calltags.errors import StoreUnavailable
+from calltags.db import POSTGRES_ERRORS
+from calltags.errors import unavailable_on
+from calltags.keycache import KeyInfo, hash_secret, key_info, mirror_fields, parse_cidrs
 from calltags.keys import KeySpace
+from calltags.models import Key, KeyCreate, KeyUpdate, Publisher
 from calltags.store import REDIS_ERRORS, RedisClient
 from calltags.times import iso
 
-KEY_TYPES = ("call_data_writing",)
 SECRET_BYTES = 24  # 192 bits of randomness per key
 SECRET_PREFIX = "ct_"
 SIGNING_PREFIX = "whsec_"
-MAX_CIDRS = 100
-CUTOFF_RANGE = (0, 2_592_000)
-STORAGE_RANGE = (60, 2_592_000)
-_CACHE_MAX_ENTRIES = 100_000  # past this the cache starts over rather than grow without bound
+_SHOWN_PREFIX = len(SECRET_PREFIX) + 4  # characters of a secret kept to tell keys apart
 
 _KEY_COLUMNS = (
     "id, publisher_id, name, type, secret_hash, secret_prefix, end_call_cutoff_seconds,"
@@ -33,10 +30,9 @@ _KEY_COLUMNS = (
     " previous_secret_hash, previous_valid_until, signing_secret, require_signature,"
     " allowed_cidrs, rate_limit_per_second, rate_limit_burst"
 )
-# Columns a PATCH may change.
-UPDATABLE = (
-    "name",
-    "paused",
+# The settings a key is created with beyond its name, type and secrets; a PATCH may
+# change these and the name and paused flag.
+_SETTINGS = (
     "end_call_cutoff_seconds",
     "storage_duration_seconds",
     "require_signature",
@@ -44,11 +40,7 @@ UPDATABLE = (
     "rate_limit_per_second",
     "rate_limit_burst",
 )
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+_UPDATABLE = ("name", "paused", *_SETTINGS)
 
 
 def new_secret() -> str:
@@ -59,36 +51,45 @@ def new_signing_secret() -> str:
     return SIGNING_PREFIX + secrets.token_urlsafe(32)
 
 
-def parse_cidrs(values: Sequence[str]) -> list[Network]:
-    """Networks from CIDR strings (a bare address is a /32 or /128); ValueError if bad."""
-    if len(values) > MAX_CIDRS:
-        raise ValueError(f"at most {MAX_CIDRS} networks")
-    return [ipaddress.ip_network(value, strict=False) for value in values]
+def example_url(base: str, secret: str) -> str:
+    """A postback URL ready to send with the key, for a publisher to start from."""
+    return (
+        f"{base.rstrip('/')}/data_writing?key={quote(secret)}"
+        "&caller_number=%2B15551234567&prequalified=true"
+    )
 
 
-@dataclass(frozen=True)
-class KeyInfo:
-    """What the hot path needs to know about a postback key."""
+def publisher_model(row: asyncpg.Record) -> Publisher:
+    return Publisher(id=row["id"], name=row["name"], created_at=iso(row["created_at"]) or "")
 
-    id: int
-    publisher_id: int
-    cutoff_seconds: int
-    storage_seconds: int
-    paused: bool
-    rate_per_second: float | None = None  # None: CALLTAGS_RATE_LIMIT
-    rate_burst: int | None = None
-    require_signature: bool = False
-    signing_secret: bytes = b""
-    networks: tuple[Network, ...] = ()  # empty: any address
 
-    def allows(self, address: str | None) -> bool:
-        if not self.networks:
-            return True
-        try:
-            ip = ipaddress.ip_address(address or "")
-        except ValueError:
-            return False
-        return any(ip in network for network in self.networks)
+def key_model(row: asyncpg.Record) -> Key:
+    return Key(
+        id=row["id"],
+        publisher_id=row["publisher_id"],
+        name=row["name"],
+        type=row["type"],
+        key_prefix=row["secret_prefix"],
+        end_call_cutoff_seconds=row["end_call_cutoff_seconds"],
+        storage_duration_seconds=row["storage_duration_seconds"],
+        paused=row["paused"],
+        revoked=row["revoked_at"] is not None,
+        revoked_at=iso(row["revoked_at"]),
+        created_at=iso(row["created_at"]) or "",
+        last_used_at=iso(row["last_used_at"]),
+        previous_key_valid_until=iso(_previous_until(row)),
+        require_signature=row["require_signature"],
+        allowed_cidrs=[str(network) for network in row["allowed_cidrs"]],
+        rate_limit_per_second=row["rate_limit_per_second"],
+        rate_limit_burst=row["rate_limit_burst"],
+    )
+
+
+def _previous_until(row: asyncpg.Record) -> datetime | None:
+    until: datetime | None = row["previous_valid_until"]
+    if until is None or until <= datetime.now(UTC):
+        return None
+    return until
 
 
 class KeyNotFound(Exception):
@@ -99,165 +100,84 @@ class PublisherNotFound(Exception):
     pass
 
 
-def publisher_json(row: asyncpg.Record) -> dict[str, Any]:
-    return {"id": row["id"], "name": row["name"], "created_at": iso(row["created_at"])}
-
-
-def key_json(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "publisher_id": row["publisher_id"],
-        "name": row["name"],
-        "type": row["type"],
-        "key_prefix": row["secret_prefix"],
-        "end_call_cutoff_seconds": row["end_call_cutoff_seconds"],
-        "storage_duration_seconds": row["storage_duration_seconds"],
-        "paused": row["paused"],
-        "revoked": row["revoked_at"] is not None,
-        "revoked_at": iso(row["revoked_at"]),
-        "created_at": iso(row["created_at"]),
-        "last_used_at": iso(row["last_used_at"]),
-        "previous_key_valid_until": iso(_previous_until(row)),
-        "require_signature": row["require_signature"],
-        "allowed_cidrs": [str(network) for network in row["allowed_cidrs"]],
-        "rate_limit_per_second": row["rate_limit_per_second"],
-        "rate_limit_burst": row["rate_limit_burst"],
-    }
-
-
-def _previous_until(row: asyncpg.Record) -> datetime | None:
-    until: datetime | None = row["previous_valid_until"]
-    if until is None or until <= datetime.now(UTC):
-        return None
-    return until
-
-
-def _mirror_fields(row: asyncpg.Record) -> dict[str, str | int | float]:
-    return {
-        "id": row["id"],
-        "pub": row["publisher_id"],
-        "cut": row["end_call_cutoff_seconds"],
-        "sto": row["storage_duration_seconds"],
-        "pau": int(row["paused"]),
-        "rps": row["rate_limit_per_second"] or 0,
-        "rbu": row["rate_limit_burst"] or 0,
-        "req": int(row["require_signature"]),
-        "sig": row["signing_secret"],
-        "net": ",".join(str(network) for network in row["allowed_cidrs"]),
-    }
-
-
-def _info(fields: dict[str, Any]) -> KeyInfo:
-    """A KeyInfo from mirror fields (bytes from Redis, or the values _mirror_fields made).
-    Fields a mirror written by an older release lacks take their defaults."""
-
-    def text(name: str, default: str = "0") -> str:
-        value = fields.get(name, default)
-        return value.decode() if isinstance(value, bytes) else str(value)
-
-    networks = text("net", "")
-    return KeyInfo(
-        id=int(text("id")),
-        publisher_id=int(text("pub")),
-        cutoff_seconds=int(text("cut")),
-        storage_seconds=int(text("sto")),
-        paused=text("pau") == "1",
-        rate_per_second=float(text("rps")) or None,
-        rate_burst=int(text("rbu")) or None,
-        require_signature=text("req") == "1",
-        signing_secret=text("sig", "").encode(),
-        networks=tuple(parse_cidrs(networks.split(","))) if networks else (),
-    )
-
-
+@unavailable_on(*POSTGRES_ERRORS, *REDIS_ERRORS)
 class Publishers:
     def __init__(self, pool: asyncpg.Pool, redis: RedisClient, keys: KeySpace):
         self.pool = pool
         self.redis = redis
         self.keys = keys
 
-    async def create_publisher(self, name: str) -> dict[str, Any]:
+    async def create_publisher(self, name: str) -> Publisher:
         row = await self.pool.fetchrow(
             "INSERT INTO publishers (name) VALUES ($1) RETURNING id, name, created_at", name
         )
         assert row is not None
-        return publisher_json(row)
+        return publisher_model(row)
 
-    async def list_publishers(self) -> list[dict[str, Any]]:
+    async def list_publishers(self) -> list[Publisher]:
         rows = await self.pool.fetch("SELECT id, name, created_at FROM publishers ORDER BY id")
-        return [publisher_json(r) for r in rows]
+        return [publisher_model(r) for r in rows]
 
-    async def create_key(
-        self,
-        publisher_id: int,
-        name: str,
-        key_type: str = "call_data_writing",
-        cutoff_seconds: int = 3600,
-        storage_seconds: int = 86400,
-        **options: Any,
-    ) -> tuple[dict[str, Any], str]:
-        """A new key; (key, secret). The secret is returned here and never again; so is
-        the key's `signing_secret`, which is in the key dict. `options` are UPDATABLE
-        columns (require_signature, allowed_cidrs, rate limits)."""
+    async def create_key(self, publisher_id: int, new: KeyCreate) -> tuple[Key, str, str]:
+        """A new key; (key, secret, signing secret). The two secrets are returned here
+        and never again."""
         secret = new_secret()
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 row = await conn.fetchrow(
                     "INSERT INTO postback_keys (publisher_id, name, type, secret_hash,"
-                    " secret_prefix, end_call_cutoff_seconds, storage_duration_seconds,"
-                    " signing_secret) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                    " secret_prefix, signing_secret) VALUES ($1, $2, $3, $4, $5, $6)"
+                    " RETURNING id",
                     publisher_id,
-                    name,
-                    key_type,
+                    new.name,
+                    new.type,
                     hash_secret(secret),
-                    secret[: len(SECRET_PREFIX) + 4],
-                    cutoff_seconds,
-                    storage_seconds,
+                    secret[:_SHOWN_PREFIX],
                     new_signing_secret(),
                 )
                 assert row is not None
-                row = await self._update(conn, row["id"], options)
+                row = await self._update(
+                    conn, row["id"], {name: getattr(new, name) for name in _SETTINGS}
+                )
         except asyncpg.ForeignKeyViolationError as exc:
             raise PublisherNotFound(publisher_id) from exc
         assert row is not None
         await self._mirror(row)
-        key = key_json(row)
-        key["signing_secret"] = row["signing_secret"]
-        return key, secret
+        return key_model(row), secret, row["signing_secret"]
 
-    async def list_keys(self, publisher_id: int) -> list[dict[str, Any]]:
+    async def list_keys(self, publisher_id: int) -> list[Key]:
         if not await self.pool.fetchval("SELECT 1 FROM publishers WHERE id = $1", publisher_id):
             raise PublisherNotFound(publisher_id)
         rows = await self.pool.fetch(
             f"SELECT {_KEY_COLUMNS} FROM postback_keys WHERE publisher_id = $1 ORDER BY id",
             publisher_id,
         )
-        return [key_json(r) for r in rows]
+        return [key_model(r) for r in rows]
 
-    async def get_key(self, key_id: int) -> dict[str, Any]:
+    async def get_key(self, key_id: int) -> Key:
         row = await self.pool.fetchrow(
             f"SELECT {_KEY_COLUMNS} FROM postback_keys WHERE id = $1", key_id
         )
         if row is None:
             raise KeyNotFound(key_id)
-        return key_json(row)
+        return key_model(row)
 
-    async def update_key(self, key_id: int, changes: dict[str, Any]) -> dict[str, Any]:
-        """Change any UPDATABLE column of a usable key."""
+    async def update_key(self, key_id: int, update: KeyUpdate) -> Key:
+        """Change the fields `update` gives of a usable key."""
         async with self.pool.acquire() as conn:
-            row = await self._update(conn, key_id, changes)
+            row = await self._update(conn, key_id, update.changes())
         if row is None:
             raise KeyNotFound(key_id)
         await self._mirror(row)
-        return key_json(row)
+        return key_model(row)
 
+    @staticmethod
     async def _update(
-        self,
         conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
         key_id: int,
         changes: dict[str, Any],
     ) -> asyncpg.Record | None:
-        columns = [c for c in UPDATABLE if c in changes]
+        columns = [c for c in _UPDATABLE if c in changes]
         if columns:
             assignments = ", ".join(f"{c} = ${n}" for n, c in enumerate(columns, start=2))
             sql = (
@@ -270,7 +190,7 @@ class Publishers:
         row: asyncpg.Record | None = await conn.fetchrow(sql, key_id, *values)
         return row
 
-    async def rotate_key(self, key_id: int, grace_seconds: int) -> tuple[dict[str, Any], str]:
+    async def rotate_key(self, key_id: int, grace_seconds: int) -> tuple[Key, str]:
         """A new secret for the key; the old one keeps working for `grace_seconds`."""
         secret = new_secret()
         row = await self.pool.fetchrow(
@@ -281,14 +201,14 @@ class Publishers:
             key_id,
             hash_secret(secret),
             grace_seconds,
-            secret[: len(SECRET_PREFIX) + 4],
+            secret[:_SHOWN_PREFIX],
         )
         if row is None:
             raise KeyNotFound(key_id)
         await self._mirror(row)
-        return key_json(row), secret
+        return key_model(row), secret
 
-    async def revoke_key(self, key_id: int) -> dict[str, Any]:
+    async def revoke_key(self, key_id: int) -> Key:
         row = await self.pool.fetchrow(
             "UPDATE postback_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1"
             f" RETURNING {_KEY_COLUMNS}",
@@ -297,7 +217,7 @@ class Publishers:
         if row is None:
             raise KeyNotFound(key_id)
         await self._mirror(row)
-        return key_json(row)
+        return key_model(row)
 
     async def sync_mirror(self) -> int:
         """Write every key into Redis (after a Redis restart, say), then mark the mirror
@@ -307,10 +227,7 @@ class Publishers:
         )
         for row in rows:
             await self._mirror(row)
-        try:
-            await self.redis.set(self.keys.mirror_complete(), "1")
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        await self.redis.set(self.keys.mirror_complete(), "1")
         return len(rows)
 
     async def lookup(self, secret_hash: str) -> KeyInfo | None:
@@ -324,7 +241,7 @@ class Publishers:
         if row is None:
             return None
         await self._mirror(row)
-        return _info(_mirror_fields(row))
+        return key_info(mirror_fields(row))
 
     async def touch(self, used: dict[int, float]) -> None:
         """Record last_used_at for keys that served postbacks (times in epoch seconds)."""
@@ -346,116 +263,19 @@ class Publishers:
             else None
         )
         until = _previous_until(row)
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                if row["revoked_at"] is not None:
-                    pipe.delete(current)
-                    if previous:
-                        pipe.delete(previous)
-                else:
-                    # Every field is written each time, so nothing stale remains, and a
-                    # reader never sees the key missing mid-update.
-                    fields = _mirror_fields(row)
-                    pipe.hset(current, mapping=fields)
-                    if previous and until is not None:
-                        pipe.hset(previous, mapping=fields)
-                        pipe.pexpireat(previous, int(until.timestamp() * 1000))
-                    elif previous:
-                        pipe.delete(previous)
-                await pipe.execute()
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailable(str(exc)) from exc
-
-
-class KeyResolver:
-    """Secret -> KeyInfo for the hot path: in-process cache (<= 1 s), then Redis, then Postgres.
-
-    Entries live at most `ttl` seconds, so a pause or a revoke takes effect within it.
-    """
-
-    def __init__(
-        self,
-        redis: RedisClient,
-        keys: KeySpace,
-        ttl: float,
-        fallback: Publishers | None = None,
-    ):
-        self.redis = redis
-        self.keys = keys
-        self.ttl = ttl
-        self.fallback = fallback
-        self._cache: dict[str, tuple[float, KeyInfo | None]] = {}
-        self.used: dict[int, float] = {}
-
-    async def resolve(self, secret: str) -> KeyInfo | None:
-        now = time.monotonic()
-        hit = self._cache.get(secret)
-        if hit is not None and hit[0] > now:
-            info = hit[1]
-        else:
-            info = await self._load(secret)
-            if len(self._cache) >= _CACHE_MAX_ENTRIES:
-                self._cache.clear()
-            self._cache[secret] = (now + self.ttl, info)
-        if info is not None:
-            self.used[info.id] = time.time()
-        return info
-
-    async def _load(self, secret: str) -> KeyInfo | None:
-        secret_hash = hash_secret(secret)
-        try:
-            fields = await self.redis.hgetall(self.keys.postback_key(secret_hash))
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        if fields:
-            return _info({name.decode(): value for name, value in fields.items()})
-        if self.fallback is None:
-            return None
-        try:
-            if await self.redis.exists(self.keys.mirror_complete()):
-                return None  # the mirror holds every key: no need to ask Postgres
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        try:
-            return await self.fallback.lookup(secret_hash)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
-
-    def take_used(self) -> dict[int, float]:
-        used, self.used = self.used, {}
-        return used
-
-    def cached(self, secret: str) -> KeyInfo | None:
-        """The key if this process already knows it as usable; no I/O."""
-        hit = self._cache.get(secret)
-        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
-
-
-class GuessGuard:
-    """Slows key guessing: an address with more than `per_minute` failed key attempts in
-    a minute (counted in Redis, over every web process) is refused (429) until the
-    minute ends, unless it presents a key this process knows to be good."""
-
-    WINDOW_MS = 60_000
-
-    def __init__(self, per_minute: int):
-        self.per_minute = per_minute
-        self._blocked: dict[str, float] = {}  # address -> monotonic time the block ends
-
-    def blocked_for(self, address: str) -> float:
-        """Seconds the address stays blocked; 0 if it is not."""
-        until = self._blocked.get(address)
-        if until is None:
-            return 0.0
-        left = until - time.monotonic()
-        if left <= 0:
-            del self._blocked[address]
-            return 0.0
-        return left
-
-    def record(self, address: str, attempts: int, window_left_ms: int) -> None:
-        """Note the attempts counted for the address; block it once past the limit."""
-        if self.per_minute and attempts > self.per_minute:
-            if len(self._blocked) >= _CACHE_MAX_ENTRIES:
-                self._blocked.clear()
-            self._blocked[address] = time.monotonic() + max(window_left_ms, 1) / 1000
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if row["revoked_at"] is not None:
+                pipe.delete(current)
+                if previous:
+                    pipe.delete(previous)
+            else:
+                # Every field is written each time, so nothing stale remains, and a
+                # reader never sees the key missing mid-update.
+                fields = mirror_fields(row)
+                pipe.hset(current, mapping=fields)
+                if previous and until is not None:
+                    pipe.hset(previous, mapping=fields)
+                    pipe.pexpireat(previous, int(until.timestamp() * 1000))
+                elif previous:
+                    pipe.delete(previous)
+            await pipe.execute()

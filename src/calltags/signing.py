@@ -29,7 +29,7 @@ def signature(
 
 
 def _invalid(reason: str) -> ApiError:
-    return ApiError(401, "invalid_signature", reason)
+    return ApiError("invalid_signature", reason)
 
 
 def verify(
@@ -47,7 +47,6 @@ def verify(
     """ApiError 401 unless `presented` signs this request at a fresh `timestamp`."""
     if not presented or not timestamp:
         raise ApiError(
-            401,
             "missing_signature",
             f"this key requires signed postbacks: {SIGNATURE_HEADER} and {TIMESTAMP_HEADER}",
         )

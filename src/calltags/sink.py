@@ -42,14 +42,15 @@ from operator import itemgetter
 from typing import Any, TypeAlias
 
 import asyncpg
+import msgspec
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from calltags.calls import call_json
 from calltags.keys import SINK_GROUP, KeySpace
 from calltags.log import ENTRY_FIELD, MAX_TAG_VALUE, stream_id_ms
+from calltags.models import call_model
 from calltags.store import (
     CALL_FIELD,
     OUTCOME_FIELD,
@@ -255,7 +256,7 @@ def call_row(doc: dict[str, Any]) -> Row:
         _ms(call.started_ms),
         _ms(call.ended_ms) if call.ended_ms is not None else None,
         call.tags,
-        call_json(call)["tag_sources"],
+        msgspec.to_builtins(call_model(call).tag_sources),
         _int(call.version, 32),
         _ms(max(changed)),
     )

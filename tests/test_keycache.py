@@ -7,8 +7,9 @@ import asyncio
 import fakeredis
 import pytest
 
+from calltags.keycache import KeyResolver, hash_secret
 from calltags.keys import KeySpace
-from calltags.publishers import KeyResolver, hash_secret, new_secret
+from calltags.publishers import new_secret
 
 KEYS = KeySpace("unit:", 4)
 

@@ -1,0 +1,150 @@
+"""The admin side: a Starlette app serving the admin API, the log page, readiness,
+metrics and the OpenAPI document, every route made from an operation of the table.
+One endpoint per JSON operation authorizes, reads the body or query into its model,
+calls the handler and answers its model; every error, 404, 405 and bug included, is
+`http.error_answer`'s JSON."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
+
+from calltags.errors import RETRY_AFTER_SECONDS, ApiError, StoreUnavailable
+from calltags.http import JSONResponse, check_bearer, error_response, query_values, read_body
+from calltags.metrics import UNMATCHED, Metrics
+from calltags.models import convert, decode, encode
+from calltags.operations import Api, Auth, Operation
+from calltags.services import Services, services
+
+log = logging.getLogger("calltags")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+def _authorize(auth: Auth, request: Request, svc: Services) -> None:
+    header = request.headers.get("authorization")
+    if auth is Auth.ADMIN:
+        check_bearer(header, (svc.admin_token(),))
+    elif auth is Auth.ROUTING:
+        check_bearer(header, svc.routing_tokens())
+
+
+def json_endpoint(op: Operation) -> Endpoint:
+    """The endpoint of a JSON operation: its handler takes (services, request) and the
+    body or query model the operation names, and returns the answer's model (or the
+    status and the model, for another status than the operation's)."""
+
+    async def endpoint(request: Request) -> Response:
+        svc = services(request)
+        _authorize(op.auth, request, svc)
+        given: dict[str, Any] = {}
+        if op.body is not None:
+            given["body"] = decode(await read_body(request), op.body)
+        if op.query is not None:
+            given["query"] = convert(query_values(request), op.query)
+        answer = await op.handler(svc, request, **given)
+        status = op.status
+        if isinstance(answer, tuple):  # another status than the operation's usual one
+            status, answer = answer
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+        return JSONResponse(encode(answer), status_code=status, headers=headers)
+
+    return endpoint
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("store unavailable: %s", exc)
+    return error_response(ApiError("unavailable"))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code)
+    if code is None:  # Starlette raises no other; a bug if it did
+        return await _bug(request, exc)
+    headers = dict(exc.headers) if exc.headers else None
+    return error_response(ApiError(code, f"{exc.detail}: {request.url.path[:200]}", headers))
+
+
+async def _bug(request: Request, exc: Exception) -> Response:
+    # Logged by the front, which the exception reaches next (Starlette raises it on).
+    return error_response(ApiError("internal_error"))
+
+
+async def openapi_json(request: Request) -> Response:
+    document: bytes = request.app.state.openapi
+    return JSONResponse(document)
+
+
+async def metrics_text(request: Request) -> Response:
+    found: Metrics = request.app.state.metrics
+    return Response(found.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+OPERATIONS = (
+    Operation(
+        Api.ADMIN, "GET", "/openapi.json", "This document", openapi_json,
+        media="application/json",
+    ),
+    Operation(
+        Api.ADMIN, "GET", "/metrics", "Prometheus metrics of this process", metrics_text,
+        media=CONTENT_TYPE_LATEST,
+    ),
+)  # fmt: skip
+
+
+class AdminApp:
+    """The admin side's ASGI app, counting each answer by route and status."""
+
+    def __init__(self, operations: Sequence[Operation], metrics: Metrics, openapi: bytes):
+        self.metrics = metrics
+        routes = [
+            Route(op.path, op.handler if op.endpoint else json_endpoint(op), methods=[op.method])
+            for op in operations
+            if op.api is Api.ADMIN
+        ]
+        self.app = Starlette(
+            routes=routes,
+            exception_handlers={
+                ApiError: _api_error,
+                StoreUnavailable: _store_unavailable,
+                HTTPException: _http_error,
+                Exception: _bug,
+            },
+        )
+        self.app.state.metrics = metrics
+        self.app.state.openapi = openapi
+
+    def bind(self, services: Services) -> None:
+        self.app.state.services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        status = 500
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", UNMATCHED)
+            self.metrics.request(Api.ADMIN.value, path, scope["method"], status)

@@ -1,0 +1,415 @@
+"""The typed bodies of the routing and admin APIs: requests, with each limit and default
+written once, and the answers. Validation, the CLI and the OpenAPI document all read
+these Structs (`msgspec`, beside orjson: decoding and checking a body is one C call).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from calltags import store
+from calltags.errors import LOGGED_CODES, ApiError
+from calltags.store import STATUS_COMPLETED, STATUS_LIVE, STATUS_STORED
+from calltags.times import iso_ms
+
+MAX_KEY_SECONDS = 2_592_000  # 30 days: the longest cut-off and storage duration of a key
+DEFAULT_CUTOFF_SECONDS = 3600  # 1 h
+DEFAULT_STORAGE_SECONDS = 86_400  # 1 day
+DEFAULT_GRACE_SECONDS = 86_400  # 1 day a rotated-out secret keeps working
+MAX_CIDRS = 100
+MAX_RATE = 1_000_000.0  # postbacks a second: anything above is a typo
+MAX_BURST = 10_000_000
+MAX_LIMIT = 1000  # entries of a listing page
+DEFAULT_LIMIT = 100
+MAX_ID = 2**63 - 1  # Postgres bigint
+KEY_TYPES = ("call_data_writing",)
+CALL_STATES = ("in_progress", "completed")
+POSTBACK_STATUSES = (STATUS_STORED, STATUS_LIVE, STATUS_COMPLETED)
+# A listing's `status` filter may also be one of these.
+STATUS_GROUPS = ("accepted", "rejected")
+STATUS_FILTERS = (*STATUS_GROUPS, *POSTBACK_STATUSES, *LOGGED_CODES)
+
+Name = Annotated[str, Meta(min_length=1, max_length=200, description="1-200 characters")]
+KeyType = Literal["call_data_writing"]
+CutoffSeconds = Annotated[
+    int,
+    Meta(
+        ge=0,
+        le=MAX_KEY_SECONDS,
+        description="how long after a call ends the key's postbacks still apply to it, s",
+    ),
+]
+StorageSeconds = Annotated[
+    int,
+    Meta(ge=60, le=MAX_KEY_SECONDS, description="how long the key's pending tags wait, s"),
+]
+GraceSeconds = Annotated[
+    int, Meta(ge=0, le=MAX_KEY_SECONDS, description="how long the old secret keeps working, s")
+]
+Cidrs = Annotated[
+    list[str],
+    Meta(
+        max_length=MAX_CIDRS,
+        description="networks allowed to post (empty: any), e.g. 203.0.113.0/24",
+    ),
+]
+RatePerSecond = Annotated[
+    float, Meta(gt=0, le=MAX_RATE, description="postbacks a second; null: CALLTAGS_RATE_LIMIT")
+]
+RateBurst = Annotated[int, Meta(ge=1, le=MAX_BURST, description="bucket size of the rate limit")]
+CallUuid = Annotated[
+    str, Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,128}$", description="1-128 of A-Z a-z 0-9 _ . : -")
+]
+Time = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
+Id = Annotated[int, Meta(ge=1, le=MAX_ID)]
+
+
+class Body(Struct, forbid_unknown_fields=True, kw_only=True):
+    """A request body or query: unknown fields are refused, and no text may hold NUL
+    (Postgres text cannot)."""
+
+    def __post_init__(self) -> None:
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if isinstance(value, str) and "\x00" in value:
+                raise ValueError(f"{name} must not contain NUL")
+
+
+def _stripped(value: str | UnsetType, field: str) -> str | UnsetType:
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            raise ValueError(f"{field} must not be blank")
+    return value
+
+
+def _check_cidrs(cidrs: list[str] | UnsetType) -> None:
+    if isinstance(cidrs, list):
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"allowed_cidrs: {exc}") from exc
+
+
+# -- admin: publishers and keys ---------------------------------------------------------
+
+
+class PublisherCreate(Body):
+    name: Name
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.name = str(_stripped(self.name, "name"))
+
+
+class KeyCreate(Body):
+    name: Name
+    type: KeyType = "call_data_writing"
+    end_call_cutoff_seconds: CutoffSeconds = DEFAULT_CUTOFF_SECONDS
+    storage_duration_seconds: StorageSeconds = DEFAULT_STORAGE_SECONDS
+    require_signature: bool = False
+    allowed_cidrs: Cidrs = msgspec.field(default_factory=list)
+    rate_limit_per_second: RatePerSecond | None = None
+    rate_limit_burst: RateBurst | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.name = str(_stripped(self.name, "name"))
+        _check_cidrs(self.allowed_cidrs)
+
+
+class KeyUpdate(Body):
+    """The fields a PATCH changes; those left out stay as they are."""
+
+    name: Name | UnsetType = UNSET
+    paused: bool | UnsetType = UNSET
+    end_call_cutoff_seconds: CutoffSeconds | UnsetType = UNSET
+    storage_duration_seconds: StorageSeconds | UnsetType = UNSET
+    require_signature: bool | UnsetType = UNSET
+    allowed_cidrs: Cidrs | UnsetType = UNSET
+    rate_limit_per_second: RatePerSecond | UnsetType | None = UNSET
+    rate_limit_burst: RateBurst | UnsetType | None = UNSET
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.name = _stripped(self.name, "name")
+        _check_cidrs(self.allowed_cidrs)
+
+    def changes(self) -> dict[str, Any]:
+        """The columns given, by name."""
+        return {
+            name: getattr(self, name)
+            for name in self.__struct_fields__
+            if getattr(self, name) is not UNSET
+        }
+
+
+class KeyRotate(Body):
+    grace_seconds: GraceSeconds = DEFAULT_GRACE_SECONDS
+
+
+class Publisher(Struct, kw_only=True):
+    id: int
+    name: str
+    created_at: str
+
+
+class Key(Struct, kw_only=True):
+    """A postback key as listed: never its secret."""
+
+    id: int
+    publisher_id: int
+    name: str
+    type: str
+    key_prefix: str
+    end_call_cutoff_seconds: int
+    storage_duration_seconds: int
+    paused: bool
+    revoked: bool
+    revoked_at: str | None
+    created_at: str
+    last_used_at: str | None
+    previous_key_valid_until: str | None
+    require_signature: bool
+    allowed_cidrs: list[str]
+    rate_limit_per_second: float | None
+    rate_limit_burst: int | None
+
+
+class NewSecret(Key, kw_only=True):
+    """A key with its new secret: the answer of a create or a rotation, the only time
+    the secret is shown (and, at creation, the signing secret)."""
+
+    key: str
+    example_url: str
+    signing_secret: str | UnsetType = UNSET
+
+
+class Publishers(Struct, kw_only=True):
+    items: list[Publisher]
+
+
+class Keys(Struct, kw_only=True):
+    items: list[Key]
+
+
+# -- routing ----------------------------------------------------------------------------
+
+
+class ConnectRequest(Body):
+    caller_number: str | int | None = None
+    call_uuid: CallUuid | None = None
+    publisher_id: Annotated[str, Meta(max_length=64)] | int | None = None
+    campaign: Annotated[str, Meta(max_length=200)] | None = None
+
+
+class TagSource(Struct, kw_only=True):
+    publisher_id: int
+    key_id: int
+    set_at: str
+
+
+class Call(Struct, kw_only=True):
+    call_uuid: str
+    caller_number: str
+    state: Literal["in_progress", "completed"]
+    tags: dict[str, str]
+    tag_sources: dict[str, TagSource]
+    started_at: str
+    publisher_id: str | None = None  # given by routing at connect: free text
+    campaign: str | None = None
+    ended_at: str | UnsetType = UNSET
+
+
+# -- the postback log and call records ---------------------------------------------------
+
+
+class PostbackFilters(Body):
+    publisher_id: Id | None = None
+    key_id: Id | None = None
+    caller_number: Annotated[str, Meta(max_length=64, description="any format")] | None = None
+    status: (
+        Annotated[
+            str,
+            Meta(
+                description="accepted, rejected, a status string or an error code",
+                extra_json_schema={"enum": list(STATUS_FILTERS)},
+            ),
+        ]
+        | None
+    ) = None
+    since: Time | None = None
+    until: Time | None = None
+    limit: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
+    cursor: Annotated[str, Meta(description="next_cursor of the previous page")] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.status is not None and self.status not in STATUS_FILTERS:
+            raise ValueError(
+                f"status {self.status[:64]!r} is none of: accepted, rejected, a status string"
+                " or an error code of the postback API"
+            )
+
+
+class CallFilters(Body):
+    publisher_id: Annotated[str, Meta(max_length=64)] | None = None
+    campaign: Annotated[str, Meta(max_length=200)] | None = None
+    caller_number: Annotated[str, Meta(max_length=64, description="any format")] | None = None
+    state: Literal["in_progress", "completed"] | None = None
+    since: Time | None = None
+    until: Time | None = None
+    limit: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
+    cursor: Annotated[str, Meta(description="next_cursor of the previous page")] | None = None
+
+
+class PostbackEntry(Struct, kw_only=True):
+    id: str
+    received_at: str
+    method: str
+    publisher_id: int | None
+    key_id: int | None
+    key_prefix: str | None
+    caller_raw: str | None
+    caller_number: str | None
+    call_uuid: str | None
+    tags: dict[str, str]
+    status: str | None
+    error: str | None
+    http_status: int
+    remote_addr: str | None
+    user_agent: str | None
+    latency_us: int | None
+
+
+class CallRecord(Struct, kw_only=True):
+    call_uuid: str
+    caller_number: str
+    state: str
+    tags: dict[str, str]
+    tag_sources: dict[str, TagSource]
+    started_at: str
+    ended_at: str | None
+    publisher_id: str | None
+    campaign: str | None
+    updated_at: str
+
+
+class PostbackPage(Struct, kw_only=True):
+    items: list[PostbackEntry]
+    next_cursor: str | None
+
+
+class CallPage(Struct, kw_only=True):
+    items: list[CallRecord]
+    next_cursor: str | None
+
+
+# -- the publisher API's parameters and answer, health ----------------------------------
+
+
+class PostbackParams(Struct, kw_only=True):
+    """The named parameters of a postback; every other parameter is a tag."""
+
+    key: Annotated[str, Meta(description="the postback key, unless in the path")] | None = None
+    caller_number: Annotated[str, Meta(description="any format; or call_uuid")] | None = None
+    call_uuid: CallUuid | None = None
+
+
+class PostbackAnswer(Struct, kw_only=True):
+    tag_values: dict[str, str]
+    caller_number: str
+    status: Literal[
+        "call not found, tags stored",
+        "call in progress, tags applied",
+        "completed call found, tags applied",
+    ]
+    call_uuid: str | UnsetType = UNSET
+    expires_at: str | UnsetType = UNSET
+
+
+class Error(Struct, kw_only=True):
+    error: str
+    message: str
+
+
+class Health(Struct, kw_only=True):
+    status: str
+
+
+class LogBacklog(Struct, kw_only=True):
+    backlog: int
+    backlog_postbacks: int
+    backlog_calls: int
+    oldest_entry_age_seconds: float
+    max_backlog: int
+    accepting: bool
+
+
+class Readiness(Struct, kw_only=True):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str]
+    log: LogBacklog
+
+
+# -- reading bodies and queries ---------------------------------------------------------
+
+T = TypeVar("T", bound=Struct)
+_ROOT_TYPE = "Expected `object`"
+
+
+def _refused(exc: msgspec.ValidationError) -> ApiError:
+    message = str(exc)
+    if message.startswith(_ROOT_TYPE):  # not an object at all: the body is unreadable
+        return ApiError("invalid_body", "the body must be a JSON object")
+    return ApiError("invalid_request", message)
+
+
+def decode(body: bytes, model: type[T]) -> T:
+    """The JSON body as `model` (an empty body is {}); ApiError 400 `invalid_body` or
+    422 `invalid_request` naming the field."""
+    try:
+        return msgspec.json.decode(body if body.strip() else b"{}", type=model)
+    except msgspec.ValidationError as exc:
+        raise _refused(exc) from exc
+    except msgspec.DecodeError as exc:
+        raise ApiError("invalid_body", "the body is not valid JSON") from exc
+
+
+def convert(values: dict[str, Any], model: type[T]) -> T:
+    """Text values (a query string, CLI arguments) as `model`, numbers read from text;
+    ApiError 422 `invalid_request` naming the field."""
+    try:
+        return msgspec.convert(values, model, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ApiError("invalid_request", str(exc)) from exc
+
+
+def encode(value: Struct) -> bytes:
+    return msgspec.json.encode(value)
+
+
+def call_model(call: store.Call) -> Call:
+    """The API's view of a call as the store holds it."""
+    sources = {
+        name: TagSource(
+            publisher_id=source.publisher_id, key_id=source.key_id, set_at=iso_ms(source.set_at_ms)
+        )
+        for name, source in call.sources.items()
+    }
+    return Call(
+        call_uuid=call.call_uuid,
+        caller_number=call.caller_number,
+        state=call.state,  # type: ignore[arg-type]
+        tags=call.tags,
+        tag_sources=sources,
+        started_at=iso_ms(call.started_ms),
+        publisher_id=call.publisher_id,
+        campaign=call.campaign,
+        ended_at=iso_ms(call.ended_ms) if call.ended_ms is not None else UNSET,
+    )

@@ -1,0 +1,167 @@
+"""The routing API: POST /calls (connect), GET /calls/{call_uuid}, POST
+/calls/{call_uuid}/end — a plain ASGI app (Bearer CALLTAGS_ROUTING_TOKEN or
+CALLTAGS_ADMIN_TOKEN). It needs Redis only, so a routing process serves through a
+Postgres outage, and apart from the publisher API it cannot be starved by a flood of
+postbacks (see the Procfile's `routing:`)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+
+from starlette.routing import compile_path
+from starlette.types import Receive, Scope, Send
+
+from calltags import phone
+from calltags.asgi import Incoming, send_json
+from calltags.errors import ApiError, StoreUnavailable, call_not_found
+from calltags.http import Answer, check_bearer, error_answer
+from calltags.ids import random_uuid
+from calltags.metrics import UNMATCHED, Metrics
+from calltags.models import Call, ConnectRequest, call_model, decode, encode
+from calltags.operations import Api, Auth, Operation
+from calltags.services import Core
+from calltags.store import CallNotFound
+
+log = logging.getLogger("calltags")
+
+Handler = Callable[[Core, Incoming, dict[str, str]], Awaitable[tuple[int, Call]]]
+_CALLER_FIELD = "at `$.caller_number`"
+
+
+async def connect(core: Core, req: Incoming, params: dict[str, str]) -> tuple[int, Call]:
+    try:
+        body = decode(await req.body(), ConnectRequest)
+    except ApiError as exc:
+        if exc.message.endswith(_CALLER_FIELD):  # not text nor a number: no phone number
+            raise ApiError("invalid_caller_number", "caller_number must be text") from exc
+        raise
+    raw = body.caller_number
+    if raw is None or raw == "":
+        raise ApiError("missing_caller", "caller_number is required")
+    caller = phone.normalize(str(raw), core.settings.default_region)
+    call_uuid = body.call_uuid
+    if call_uuid is None:
+        call_uuid = random_uuid()
+    else:
+        owner = await core.store.caller_of(call_uuid)
+        if owner is not None and owner != caller:
+            raise ApiError("call_exists", f"call_uuid {call_uuid!r} belongs to another caller")
+    publisher_id = body.publisher_id
+    call, created = await core.store.connect(
+        caller,
+        call_uuid,
+        publisher_id=str(publisher_id) if publisher_id not in (None, "") else None,
+        campaign=body.campaign or None,
+    )
+    return 201 if created else 200, call_model(call)
+
+
+async def get_call(core: Core, req: Incoming, params: dict[str, str]) -> tuple[int, Call]:
+    call_uuid = params["call_uuid"]
+    try:
+        return 200, call_model(await core.store.get_call(call_uuid))
+    except CallNotFound as exc:
+        raise call_not_found(call_uuid) from exc
+
+
+async def end_call(core: Core, req: Incoming, params: dict[str, str]) -> tuple[int, Call]:
+    call_uuid = params["call_uuid"]
+    try:
+        call, _ = await core.store.end_call(call_uuid)
+    except CallNotFound as exc:
+        raise call_not_found(call_uuid) from exc
+    return 200, call_model(call)
+
+
+_CALL = ("call_not_found",)
+OPERATIONS = (
+    Operation(
+        Api.ROUTING, "POST", "/calls", "Connect a call, claiming the caller's pending tags",
+        connect, Auth.ROUTING, body=ConnectRequest, status=201, response=Call,
+        also={200: Call},
+        errors=("missing_caller", "invalid_caller_number", "call_exists", "invalid_body",
+                "payload_too_large"),
+        doc={"description": "201 with the new live call; 200 with the call when call_uuid"
+             " names an existing call of the same caller."},
+    ),
+    Operation(
+        Api.ROUTING, "GET", "/calls/{call_uuid}", "Read a call and its tags", get_call,
+        Auth.ROUTING, response=Call, errors=_CALL,
+    ),
+    Operation(
+        Api.ROUTING, "POST", "/calls/{call_uuid}/end",
+        "Complete a call; each key's end-call cut-off starts now", end_call,
+        Auth.ROUTING, response=Call, errors=_CALL,
+    ),
+)  # fmt: skip
+
+
+class _Route:
+    def __init__(self, operation: Operation):
+        self.operation = operation
+        self.handler: Handler = operation.handler
+        self.pattern: re.Pattern[str] = compile_path(operation.path)[0]
+
+
+class RoutingApi:
+    """The ASGI app of the routing API: every request answered by `answer`."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+        self.core: Core | None = None
+        self._routes = [_Route(op) for op in OPERATIONS]
+        self._static = {(r.operation.method, r.operation.path): r for r in self._routes}
+
+    def bind(self, core: Core) -> None:
+        self.core = core
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        req = Incoming(scope, receive)
+        route, params = self._match(req)
+        status, body, headers = await self.answer(req, route, params)
+        if route is not None and route.handler is connect:
+            self.metrics.connect_latency.observe(req.seconds())
+        path = route.operation.path if route is not None else UNMATCHED
+        self.metrics.request(Api.ROUTING.value, path, req.method, status)
+        await send_json(send, status, body, headers)
+
+    def _match(self, req: Incoming) -> tuple[_Route | None, dict[str, str]]:
+        found = self._static.get((req.method, req.path))
+        if found is not None:
+            return found, {}
+        for route in self._routes:
+            match = route.pattern.match(req.path)
+            if match is not None and route.operation.method == req.method:
+                return route, match.groupdict()
+        return None, {}
+
+    def _unmatched(self, req: Incoming) -> ApiError:
+        allowed = [r.operation.method for r in self._routes if r.pattern.match(req.path)]
+        if not allowed:
+            return ApiError("not_found", f"no route {req.path[:200]!r}")
+        return ApiError(
+            "method_not_allowed",
+            f"{req.path[:200]} takes {', '.join(allowed)}",
+            {"Allow": ", ".join(allowed)},
+        )
+
+    async def answer(self, req: Incoming, route: _Route | None, params: dict[str, str]) -> Answer:
+        """What the client gets, errors and bugs included."""
+        core = self.core
+        assert core is not None, "the routing API answers once the front has started"
+        try:
+            if route is None:
+                raise self._unmatched(req)
+            check_bearer(req.header(b"authorization"), core.routing_tokens())
+            status, call = await route.handler(core, req, params)
+            return status, encode(call), None
+        except ApiError as exc:
+            return error_answer(exc)
+        except StoreUnavailable as exc:
+            log.warning("store unavailable: %s", exc)
+            return error_answer(ApiError("unavailable"))
+        except Exception:
+            log.exception("%s %s failed", req.method, req.path[:200])
+            return error_answer(ApiError("internal_error"))
