@@ -184,3 +184,22 @@ async def test_publisher_list(cli: Cli, client: httpx.AsyncClient) -> None:
     _, out, _ = await cli.run("publisher", "list")
     listed, _ = json.JSONDecoder().raw_decode(out.lstrip())
     assert publisher in listed
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (("publisher", "create", ""), "name"),
+        (("publisher", "create", "   "), "name"),
+        (("key", "create", "--publisher", "1", "--name", "x", "--cutoff", "-1"), "cutoff"),
+        (("key", "create", "--publisher", "1", "--name", "x", "--storage", "59"), "storage"),
+        (("key", "rotate", "1", "--grace", "2592001"), "grace_seconds"),
+    ],
+)
+async def test_cli_validates_through_the_api_models(
+    cli: Cli, args: tuple[str, ...], field: str
+) -> None:
+    code, _, err = await cli.run(*args, ok=False)
+    assert code != 0
+    assert field in err, err
+    assert "Traceback" not in err

@@ -62,6 +62,14 @@ def json_endpoint(op: Operation) -> Endpoint:
     return endpoint
 
 
+def _by_method(endpoints: dict[str, Endpoint]) -> Endpoint:
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await endpoints[method](request)
+
+    return endpoint
+
+
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return error_response(exc)
@@ -113,10 +121,15 @@ class AdminApp:
 
     def __init__(self, operations: Sequence[Operation], metrics: Metrics, openapi: bytes):
         self.metrics = metrics
+        by_path: dict[str, dict[str, Endpoint]] = {}
+        for op in operations:
+            if op.api is Api.ADMIN:
+                endpoint = op.handler if op.endpoint else json_endpoint(op)
+                by_path.setdefault(op.path, {})[op.method] = endpoint
+        # One route a path, so that a method it does not take is a 405 naming them all.
         routes = [
-            Route(op.path, op.handler if op.endpoint else json_endpoint(op), methods=[op.method])
-            for op in operations
-            if op.api is Api.ADMIN
+            Route(path, _by_method(methods), methods=list(methods))
+            for path, methods in by_path.items()
         ]
         self.app = Starlette(
             routes=routes,
