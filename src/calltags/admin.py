@@ -19,9 +19,13 @@ from calltags.models import (
     PublisherCreate,
     Publishers,
 )
-from calltags.operations import Api, Auth, Operation
+from calltags.operations import Api, Auth, Routes
 from calltags.publishers import KeyNotFound, PublisherNotFound, example_url
 from calltags.services import Services
+
+ROUTES = Routes(Api.ADMIN, Auth.ADMIN)
+_PUBLISHER = ("publisher_not_found",)
+_KEY = ("key_not_found",)
 
 
 def path_id(request: Request, name: str) -> int:
@@ -46,15 +50,21 @@ def _with_secret(svc: Services, request: Request, key: Key, secret: str, **more:
     return msgspec.convert({**msgspec.structs.asdict(key), **fields}, NewSecret)
 
 
+@ROUTES.route("POST", "/admin/publishers", status=201)
 async def create_publisher(svc: Services, request: Request, body: PublisherCreate) -> Publisher:
+    """Create a publisher."""
     return await svc.publishers.create_publisher(body.name)
 
 
+@ROUTES.route("GET", "/admin/publishers")
 async def list_publishers(svc: Services, request: Request) -> Publishers:
+    """List publishers."""
     return Publishers(items=await svc.publishers.list_publishers())
 
 
+@ROUTES.route("POST", "/admin/publishers/{publisher_id}/keys", status=201, errors=_PUBLISHER)
 async def create_key(svc: Services, request: Request, body: KeyCreate) -> NewSecret:
+    """Create a postback key: the answer holds its secret, shown this once."""
     publisher_id = path_id(request, "publisher_id")
     try:
         key, secret, signing_secret = await svc.publishers.create_key(publisher_id, body)
@@ -63,7 +73,9 @@ async def create_key(svc: Services, request: Request, body: KeyCreate) -> NewSec
     return _with_secret(svc, request, key, secret, signing_secret=signing_secret)
 
 
+@ROUTES.route("GET", "/admin/publishers/{publisher_id}/keys", errors=_PUBLISHER)
 async def list_keys(svc: Services, request: Request) -> Keys:
+    """List a publisher's keys (never their secrets)."""
     publisher_id = path_id(request, "publisher_id")
     try:
         return Keys(items=await svc.publishers.list_keys(publisher_id))
@@ -71,7 +83,9 @@ async def list_keys(svc: Services, request: Request) -> Keys:
         raise _publisher_not_found(publisher_id) from exc
 
 
+@ROUTES.route("PATCH", "/admin/keys/{key_id}", errors=_KEY)
 async def update_key(svc: Services, request: Request, body: KeyUpdate) -> Key:
+    """Change a key: pause or resume it, rename it, its durations and security."""
     key_id = path_id(request, "key_id")
     try:
         return await svc.publishers.update_key(key_id, body)
@@ -79,8 +93,9 @@ async def update_key(svc: Services, request: Request, body: KeyUpdate) -> Key:
         raise _key_not_found(key_id) from exc
 
 
+@ROUTES.route("POST", "/admin/keys/{key_id}/rotate", errors=_KEY)
 async def rotate_key(svc: Services, request: Request, body: KeyRotate) -> NewSecret:
-    """A new secret for the key; the old one keeps working for `grace_seconds`."""
+    """A new secret; the old one keeps working for grace_seconds."""
     key_id = path_id(request, "key_id")
     try:
         key, secret = await svc.publishers.rotate_key(key_id, body.grace_seconds)
@@ -89,47 +104,11 @@ async def rotate_key(svc: Services, request: Request, body: KeyRotate) -> NewSec
     return _with_secret(svc, request, key, secret)
 
 
+@ROUTES.route("DELETE", "/admin/keys/{key_id}", errors=_KEY)
 async def revoke_key(svc: Services, request: Request) -> Key:
+    """Revoke a key (within 1 s)."""
     key_id = path_id(request, "key_id")
     try:
         return await svc.publishers.revoke_key(key_id)
     except KeyNotFound as exc:
         raise _key_not_found(key_id) from exc
-
-
-_PUBLISHER = ("publisher_not_found",)
-_KEY = ("key_not_found",)
-OPERATIONS = (
-    Operation(
-        Api.ADMIN, "POST", "/admin/publishers", "Create a publisher", create_publisher,
-        Auth.ADMIN, body=PublisherCreate, status=201, response=Publisher,
-    ),
-    Operation(
-        Api.ADMIN, "GET", "/admin/publishers", "List publishers", list_publishers,
-        Auth.ADMIN, response=Publishers,
-    ),
-    Operation(
-        Api.ADMIN, "POST", "/admin/publishers/{publisher_id}/keys",
-        "Create a postback key: the answer holds its secret, shown this once", create_key,
-        Auth.ADMIN, body=KeyCreate, status=201, response=NewSecret, errors=_PUBLISHER,
-    ),
-    Operation(
-        Api.ADMIN, "GET", "/admin/publishers/{publisher_id}/keys",
-        "List a publisher's keys (never their secrets)", list_keys,
-        Auth.ADMIN, response=Keys, errors=_PUBLISHER,
-    ),
-    Operation(
-        Api.ADMIN, "PATCH", "/admin/keys/{key_id}",
-        "Change a key: pause or resume it, rename it, its durations and security", update_key,
-        Auth.ADMIN, body=KeyUpdate, response=Key, errors=_KEY,
-    ),
-    Operation(
-        Api.ADMIN, "DELETE", "/admin/keys/{key_id}", "Revoke a key (within 1 s)", revoke_key,
-        Auth.ADMIN, response=Key, errors=_KEY,
-    ),
-    Operation(
-        Api.ADMIN, "POST", "/admin/keys/{key_id}/rotate",
-        "A new secret; the old one keeps working for grace_seconds", rotate_key,
-        Auth.ADMIN, body=KeyRotate, response=NewSecret, errors=_KEY,
-    ),
-)  # fmt: skip

@@ -22,7 +22,7 @@ from calltags.errors import RETRY_AFTER_SECONDS, ApiError, StoreUnavailable
 from calltags.http import JSONResponse, check_bearer, error_response, query_values, read_body
 from calltags.metrics import UNMATCHED, Metrics
 from calltags.models import convert, decode, encode
-from calltags.operations import Api, Auth, Operation
+from calltags.operations import Api, Auth, Operation, Routes
 from calltags.services import Services, services
 
 log = logging.getLogger("calltags")
@@ -94,26 +94,21 @@ async def _bug(request: Request, exc: Exception) -> Response:
     return error_response(ApiError("internal_error"))
 
 
+ROUTES = Routes(Api.ADMIN)
+
+
+@ROUTES.route("GET", "/openapi.json", media="application/json")
 async def openapi_json(request: Request) -> Response:
+    """This document."""
     document: bytes = request.app.state.openapi
     return JSONResponse(document)
 
 
+@ROUTES.route("GET", "/metrics", media=CONTENT_TYPE_LATEST)
 async def metrics_text(request: Request) -> Response:
+    """Prometheus metrics of this process."""
     found: Metrics = request.app.state.metrics
     return Response(found.render(), media_type=CONTENT_TYPE_LATEST)
-
-
-OPERATIONS = (
-    Operation(
-        Api.ADMIN, "GET", "/openapi.json", "This document", openapi_json,
-        media="application/json",
-    ),
-    Operation(
-        Api.ADMIN, "GET", "/metrics", "Prometheus metrics of this process", metrics_text,
-        media=CONTENT_TYPE_LATEST,
-    ),
-)  # fmt: skip
 
 
 class AdminApp:

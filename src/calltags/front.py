@@ -41,14 +41,19 @@ _PUBLISHER_PREFIX = postbacks.PATH
 _ROUTING_PREFIX = "/calls"
 
 # The route table: every operation of every API.
-OPERATIONS: tuple[Operation, ...] = (
-    *postbacks.OPERATIONS,
-    *routing.OPERATIONS,
-    *health.OPERATIONS,
-    *admin.OPERATIONS,
-    *listings.OPERATIONS,
-    *logpage.OPERATIONS,
-    *adminapp.OPERATIONS,
+OPERATIONS: tuple[Operation, ...] = tuple(
+    op
+    for routes in (
+        postbacks.ROUTES,
+        routing.ROUTES,
+        health.FRONT,
+        admin.ROUTES,
+        listings.ROUTES,
+        logpage.ROUTES,
+        health.ROUTES,
+        adminapp.ROUTES,
+    )
+    for op in routes.operations
 )
 
 

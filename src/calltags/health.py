@@ -9,20 +9,25 @@ from starlette.requests import Request
 
 from calltags.db import POSTGRES_ERRORS
 from calltags.models import Health, LogBacklog, Readiness
-from calltags.operations import Api, Operation
+from calltags.operations import Api, Routes
 from calltags.services import Services
 from calltags.store import REDIS_ERRORS
 
 _CHECK_TIMEOUT = 2.0  # s a readiness probe waits for each store
 HEALTHY = msgspec.json.encode(Health(status="ok"))
+FRONT = Routes(Api.FRONT)
+ROUTES = Routes(Api.ADMIN)
 
 
+@FRONT.route("GET", "/healthz", response=Health)
 async def healthz() -> bytes:
-    """The process answers: nothing else is asked."""
+    """Liveness: the process answers (nothing else is asked)."""
     return HEALTHY
 
 
+@ROUTES.route("GET", "/readyz", also={503: Readiness})
 async def readyz(svc: Services, request: Request) -> tuple[int, Readiness]:
+    """Readiness: Redis and Postgres reachable (and the log's backlog)."""
     checks: dict[str, str] = {}
     try:
         await asyncio.wait_for(svc.redis.ping(), _CHECK_TIMEOUT)
@@ -51,13 +56,3 @@ async def readyz(svc: Services, request: Request) -> tuple[int, Readiness]:
         ),
     )
     return 200 if ready else 503, body
-
-
-OPERATIONS = (
-    Operation(Api.FRONT, "GET", "/healthz", "Liveness: the process answers", healthz,
-              response=Health),
-    Operation(
-        Api.ADMIN, "GET", "/readyz", "Readiness: Redis and Postgres reachable", readyz,
-        response=Readiness, also={503: Readiness},
-    ),
-)  # fmt: skip

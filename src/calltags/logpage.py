@@ -24,7 +24,7 @@ from starlette.templating import Jinja2Templates
 from calltags.errors import RETRY_AFTER_SECONDS, ApiError, StoreUnavailable
 from calltags.http import check_bearer, query_values, read_body
 from calltags.models import STATUS_FILTERS, PostbackEntry, PostbackFilters, convert
-from calltags.operations import Api, Auth, Operation
+from calltags.operations import Api, Auth, Routes
 from calltags.services import Services, services
 
 SESSION_COOKIE = "calltags_session"
@@ -32,6 +32,7 @@ SESSION_SECONDS = 12 * 3600  # 12 h
 PAGE_LIMIT = "50"  # entries a page shows unless the URL asks otherwise
 LOGIN_BODY_LIMIT = 8192  # bytes of a login form
 FILTERS = frozenset(PostbackFilters.__struct_fields__)
+ROUTES = Routes(Api.ADMIN)
 _HEADERS = {
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
@@ -95,14 +96,18 @@ def _render(request: Request, name: str, context: dict[str, Any], status: int = 
     return templates.TemplateResponse(request, name, context, status_code=status, headers=headers)
 
 
+@ROUTES.route("GET", "/admin/login", html=True)
 async def login_form(request: Request) -> Response:
+    """The sign-in page."""
     svc = services(request)
     if signed_in(request, svc):
         return RedirectResponse("/admin/log", status_code=303)
     return _render(request, "login.html", {"message": None})
 
 
+@ROUTES.route("POST", "/admin/login", redirect=True)
 async def login(request: Request) -> Response:
+    """Sign in with the admin token (form field `token`): a session cookie."""
     svc = services(request)
     token = svc.admin_token()
     form = dict(parse_qsl((await read_body(request, LOGIN_BODY_LIMIT)).decode("utf-8", "replace")))
@@ -122,7 +127,9 @@ async def login(request: Request) -> Response:
     return response
 
 
+@ROUTES.route("POST", "/admin/logout", redirect=True)
 async def logout(request: Request) -> Response:
+    """Sign out."""
     response = RedirectResponse("/admin/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/admin", secure=True, httponly=True)
     return response
@@ -139,7 +146,9 @@ def _entry_view(entry: PostbackEntry) -> dict[str, Any]:
     }
 
 
+@ROUTES.route("GET", "/admin/log", auth=Auth.SESSION, query=PostbackFilters, html=True)
 async def log_page(request: Request) -> Response:
+    """The postback log page (signed in; else to the sign-in page)."""
     svc = services(request)
     if not signed_in(request, svc):
         return RedirectResponse("/admin/login", status_code=303)
@@ -178,19 +187,3 @@ async def log_page(request: Request) -> Response:
         "lag_seconds": round(backlog.oldest_age_seconds(), 1),
     }
     return _render(request, "log.html", context, status)
-
-
-OPERATIONS = (
-    Operation(
-        Api.ADMIN, "GET", "/admin/log", "The postback log page (sign-in first)", log_page,
-        Auth.SESSION, query=PostbackFilters, html=True,
-    ),
-    Operation(
-        Api.ADMIN, "GET", "/admin/login", "The sign-in page", login_form, html=True,
-    ),
-    Operation(
-        Api.ADMIN, "POST", "/admin/login", "Sign in with the admin token (form field token)",
-        login, redirect=True,
-    ),
-    Operation(Api.ADMIN, "POST", "/admin/logout", "Sign out", logout, redirect=True),
-)  # fmt: skip

@@ -6,15 +6,17 @@ these Structs (`msgspec`, beside orjson: decoding and checking a body is one C c
 from __future__ import annotations
 
 import ipaddress
+from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
+import asyncpg
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from calltags import store
 from calltags.errors import LOGGED_CODES, ApiError
 from calltags.store import STATUS_COMPLETED, STATUS_LIVE, STATUS_STORED
-from calltags.times import iso_ms
+from calltags.times import iso, iso_ms
 
 MAX_KEY_SECONDS = 2_592_000  # 30 days: the longest cut-off and storage duration of a key
 DEFAULT_CUTOFF_SECONDS = 3600  # 1 h
@@ -155,8 +157,8 @@ class KeyRotate(Body):
 
 class Publisher(Struct, kw_only=True):
     id: int
-    name: str
-    created_at: str
+    name: Name
+    created_at: Time
 
 
 class Key(Struct, kw_only=True):
@@ -164,21 +166,23 @@ class Key(Struct, kw_only=True):
 
     id: int
     publisher_id: int
-    name: str
-    type: str
-    key_prefix: str
-    end_call_cutoff_seconds: int
-    storage_duration_seconds: int
+    name: Name
+    type: KeyType
+    key_prefix: Annotated[str, Meta(description="the secret's first characters")]
+    end_call_cutoff_seconds: CutoffSeconds
+    storage_duration_seconds: StorageSeconds
     paused: bool
     revoked: bool
-    revoked_at: str | None
-    created_at: str
-    last_used_at: str | None
-    previous_key_valid_until: str | None
+    revoked_at: Time | None
+    created_at: Time
+    last_used_at: Annotated[Time, Meta(description="to within a few seconds")] | None
+    previous_key_valid_until: (
+        Annotated[Time, Meta(description="until when the secret rotated out still works")] | None
+    )
     require_signature: bool
-    allowed_cidrs: list[str]
-    rate_limit_per_second: float | None
-    rate_limit_burst: int | None
+    allowed_cidrs: Cidrs
+    rate_limit_per_second: RatePerSecond | None
+    rate_limit_burst: RateBurst | None
 
 
 class NewSecret(Key, kw_only=True):
@@ -209,21 +213,33 @@ class ConnectRequest(Body):
 
 
 class TagSource(Struct, kw_only=True):
+    """Who set a tag, and when."""
+
     publisher_id: int
     key_id: int
-    set_at: str
+    set_at: Time
 
 
-class Call(Struct, kw_only=True):
+Tags = Annotated[dict[str, str], Meta(description="tag name -> value")]
+Sources = Annotated[dict[str, TagSource], Meta(description="tag name -> who set it, when")]
+E164 = Annotated[str, Meta(description="E.164, e.g. +15551234567")]
+
+
+class _CallBase(Struct, kw_only=True):
     call_uuid: str
-    caller_number: str
+    caller_number: E164
     state: Literal["in_progress", "completed"]
-    tags: dict[str, str]
-    tag_sources: dict[str, TagSource]
-    started_at: str
-    publisher_id: str | None = None  # given by routing at connect: free text
+    tags: Tags
+    tag_sources: Sources
+    started_at: Time
+
+
+class Call(_CallBase, kw_only=True):
+    """A call as routing reads it, live from Redis."""
+
+    publisher_id: Annotated[str, Meta(description="as routing gave it at connect")] | None = None
     campaign: str | None = None
-    ended_at: str | UnsetType = UNSET
+    ended_at: Time | UnsetType = UNSET
 
 
 # -- the postback log and call records ---------------------------------------------------
@@ -269,35 +285,33 @@ class CallFilters(Body):
 
 
 class PostbackEntry(Struct, kw_only=True):
-    id: str
-    received_at: str
+    """One request to the publisher API, accepted or refused."""
+
+    id: Annotated[str, Meta(description="a UUID")]
+    received_at: Time
     method: str
     publisher_id: int | None
     key_id: int | None
-    key_prefix: str | None
-    caller_raw: str | None
-    caller_number: str | None
-    call_uuid: str | None
-    tags: dict[str, str]
-    status: str | None
-    error: str | None
+    key_prefix: Annotated[str, Meta(description="the start of an unknown key")] | None
+    caller_raw: Annotated[str, Meta(description="the caller number as posted")] | None
+    caller_number: E164 | None
+    call_uuid: Annotated[str, Meta(description="the call the tags went to")] | None
+    tags: Tags
+    status: Annotated[str, Meta(description="an accepted postback's status string")] | None
+    error: Annotated[str, Meta(description="a refused postback's error code")] | None
     http_status: int
     remote_addr: str | None
     user_agent: str | None
-    latency_us: int | None
+    latency_us: Annotated[int, Meta(description="from the request to the answer, µs")] | None
 
 
-class CallRecord(Struct, kw_only=True):
-    call_uuid: str
-    caller_number: str
-    state: str
-    tags: dict[str, str]
-    tag_sources: dict[str, TagSource]
-    started_at: str
-    ended_at: str | None
+class CallRecord(_CallBase, kw_only=True):
+    """A call as the workers last recorded it in Postgres."""
+
+    ended_at: Time | None
     publisher_id: str | None
     campaign: str | None
-    updated_at: str
+    updated_at: Annotated[Time, Meta(description="the latest start, end or tag time")]
 
 
 class PostbackPage(Struct, kw_only=True):
@@ -392,6 +406,13 @@ def convert(values: dict[str, Any], model: type[T]) -> T:
 
 def encode(value: Struct) -> bytes:
     return msgspec.json.encode(value)
+
+
+def from_row(model: type[T], row: asyncpg.Record, **computed: Any) -> T:
+    """A model from a database row: its columns by name (times in the one ISO format),
+    with `computed` values for the fields that are no column as they are."""
+    values = {name: iso(v) if isinstance(v, datetime) else v for name, v in row.items()}
+    return msgspec.convert({**values, **computed}, model)
 
 
 def call_model(call: store.Call) -> Call:

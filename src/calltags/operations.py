@@ -4,10 +4,11 @@ names a route."""
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from msgspec import Struct
 
@@ -58,3 +59,39 @@ class Operation:
     @property
     def path_params(self) -> list[str]:
         return [part[1:-1].split(":")[0] for part in self.path.split("/") if part.startswith("{")]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Routes:
+    """The operations of one API, in the order they are declared: each handler is
+    declared with its route by the decorator `route`; the first line of the handler's
+    docstring is the operation's summary."""
+
+    def __init__(self, api: Api, auth: Auth = Auth.NONE):
+        self.api = api
+        self.auth = auth
+        self.operations: list[Operation] = []
+
+    def route(self, method: str, path: str, **fields: Any) -> Callable[[F], F]:
+        """Declare the handler's operation. Its models come from the handler's
+        annotations unless given: the `body` and `query` parameters, and the returned
+        Struct (or the Struct of a returned (status, Struct))."""
+
+        def declare(handler: F) -> F:
+            hints = typing.get_type_hints(handler)
+            for name in ("body", "query"):
+                if name in hints:
+                    fields.setdefault(name, hints[name])
+            returned = hints.get("return")
+            if typing.get_origin(returned) is tuple:
+                returned = typing.get_args(returned)[-1]
+            if isinstance(returned, type) and issubclass(returned, Struct):
+                fields.setdefault("response", returned)
+            fields.setdefault("auth", self.auth)
+            summary = (handler.__doc__ or handler.__name__).strip().split("\n")[0]
+            self.operations.append(Operation(self.api, method, path, summary, handler, **fields))
+            return handler
+
+        return declare

@@ -23,7 +23,7 @@ from calltags.keycache import KeyInfo
 from calltags.log import make_entry
 from calltags.metrics import UNMATCHED, Metrics
 from calltags.models import PostbackAnswer, PostbackParams, encode
-from calltags.operations import Api, Operation
+from calltags.operations import Api, Routes
 from calltags.services import Services
 from calltags.store import CallNotFound, PostbackResult, RateLimit, RateLimited
 from calltags.times import iso_ms, now_ms
@@ -317,7 +317,9 @@ _PREFLIGHT = [
 
 
 async def _answer(svc: Services, req: Incoming) -> tuple[Answer, str]:
-    """What a GET or POST gets, and its outcome (a status string or an error code)."""
+    """Write tags for a caller.
+
+    What a GET or POST gets, and its outcome (a status string or an error code)."""
     if svc.log.full:  # refused before any write; not logged: the log is what is full
         svc.log.refused += 1
         full = ApiError("unavailable", "the postback log is full, retry shortly")
@@ -372,17 +374,15 @@ def _unroutable(path: str) -> ApiError:
     return ApiError("not_found", f"no route {path[:200]!r}: a key holds no slash")
 
 
-OPERATIONS = tuple(
-    Operation(
-        Api.PUBLISHER, method, path, "Write tags for a caller", _answer,
-        query=PostbackParams, body=PostbackParams if method == "POST" else None,
-        response=PostbackAnswer,
-        errors=tuple(code for code in LOGGED_CODES if code != "undecodable_entry"),
-        doc={"description": DOC, "parameters": [_TAGS_PARAMETER]},
-    )
-    for path in (PATH, PATH + "/{key}")
-    for method in ("GET", "POST")
-)  # fmt: skip
+ROUTES = Routes(Api.PUBLISHER)
+for _path in (PATH, PATH + "/{key}"):
+    for _method in ("GET", "POST"):
+        ROUTES.route(
+            _method, _path, query=PostbackParams, response=PostbackAnswer,
+            body=PostbackParams if _method == "POST" else None,
+            errors=tuple(code for code in LOGGED_CODES if code != "undecodable_entry"),
+            doc={"description": DOC, "parameters": [_TAGS_PARAMETER]},
+        )(_answer)  # fmt: skip
 
 
 class PublisherApi:

@@ -15,7 +15,7 @@ from calltags.db import POSTGRES_ERRORS
 from calltags.errors import unavailable_on
 from calltags.keycache import KeyInfo, hash_secret, key_info, mirror_fields, parse_cidrs
 from calltags.keys import KeySpace
-from calltags.models import Key, KeyCreate, KeyUpdate, Publisher
+from calltags.models import Key, KeyCreate, KeyUpdate, Publisher, from_row
 from calltags.store import REDIS_ERRORS, RedisClient
 from calltags.times import iso
 
@@ -59,29 +59,14 @@ def example_url(base: str, secret: str) -> str:
     )
 
 
-def publisher_model(row: asyncpg.Record) -> Publisher:
-    return Publisher(id=row["id"], name=row["name"], created_at=iso(row["created_at"]) or "")
-
-
 def key_model(row: asyncpg.Record) -> Key:
-    return Key(
-        id=row["id"],
-        publisher_id=row["publisher_id"],
-        name=row["name"],
-        type=row["type"],
+    return from_row(
+        Key,
+        row,
         key_prefix=row["secret_prefix"],
-        end_call_cutoff_seconds=row["end_call_cutoff_seconds"],
-        storage_duration_seconds=row["storage_duration_seconds"],
-        paused=row["paused"],
         revoked=row["revoked_at"] is not None,
-        revoked_at=iso(row["revoked_at"]),
-        created_at=iso(row["created_at"]) or "",
-        last_used_at=iso(row["last_used_at"]),
         previous_key_valid_until=iso(_previous_until(row)),
-        require_signature=row["require_signature"],
         allowed_cidrs=[str(network) for network in row["allowed_cidrs"]],
-        rate_limit_per_second=row["rate_limit_per_second"],
-        rate_limit_burst=row["rate_limit_burst"],
     )
 
 
@@ -112,11 +97,11 @@ class Publishers:
             "INSERT INTO publishers (name) VALUES ($1) RETURNING id, name, created_at", name
         )
         assert row is not None
-        return publisher_model(row)
+        return from_row(Publisher, row)
 
     async def list_publishers(self) -> list[Publisher]:
         rows = await self.pool.fetch("SELECT id, name, created_at FROM publishers ORDER BY id")
-        return [publisher_model(r) for r in rows]
+        return [from_row(Publisher, r) for r in rows]
 
     async def create_key(self, publisher_id: int, new: KeyCreate) -> tuple[Key, str, str]:
         """A new key; (key, secret, signing secret). The two secrets are returned here

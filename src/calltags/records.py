@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from msgspec import Struct
 
 from calltags import phone
 from calltags.db import postgres_errors
@@ -27,9 +28,8 @@ from calltags.models import (
     PostbackEntry,
     PostbackFilters,
     PostbackPage,
-    TagSource,
+    from_row,
 )
-from calltags.times import iso
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -141,40 +141,20 @@ def _status(query: _Query, value: str) -> None:
 
 
 def postback_entry(row: asyncpg.Record) -> PostbackEntry:
-    return PostbackEntry(
-        id=str(row["id"]),
-        received_at=iso(row["received_at"]) or "",
-        method=row["method"],
-        publisher_id=row["publisher_id"],
-        key_id=row["key_id"],
-        key_prefix=row["key_prefix"],
-        caller_raw=row["caller_raw"],
-        caller_number=row["caller_number"],
-        call_uuid=row["call_uuid"],
-        tags=orjson.loads(row["tags"]),
-        status=row["status"],
-        error=row["error"],
-        http_status=row["http_status"],
-        remote_addr=row["remote_addr"],
-        user_agent=row["user_agent"],
-        latency_us=row["latency_us"],
-    )
+    return from_row(PostbackEntry, row, id=str(row["id"]), tags=orjson.loads(row["tags"]))
 
 
 def call_record(row: asyncpg.Record) -> CallRecord:
     sources = orjson.loads(row["tag_sources"])
-    return CallRecord(
-        call_uuid=row["call_uuid"],
-        caller_number=row["caller_number"],
-        state=row["state"],
-        tags=orjson.loads(row["tags"]),
-        tag_sources={name: TagSource(**source) for name, source in sources.items()},
-        started_at=iso(row["started_at"]) or "",
-        ended_at=iso(row["ended_at"]),
-        publisher_id=row["publisher_id"],
-        campaign=row["campaign"],
-        updated_at=iso(row["updated_at"]) or "",
-    )
+    return from_row(CallRecord, row, tags=orjson.loads(row["tags"]), tag_sources=sources)
+
+
+def _equal(query: _Query, filters: Struct, columns: tuple[str, ...]) -> None:
+    """Each filter of `columns` given: that column equals it."""
+    for column in columns:
+        value = getattr(filters, column)
+        if value is not None:
+            query.add(f"{column} = {{}}", value)
 
 
 @postgres_errors
@@ -185,10 +165,7 @@ class Records:
     async def postbacks(self, filters: PostbackFilters, region: str) -> PostbackPage:
         """A page of the postback log; ApiError 422 `invalid_request` for a bad filter."""
         query = _common(filters, region, "received_at", "id")
-        if filters.publisher_id is not None:
-            query.add("publisher_id = {}", filters.publisher_id)
-        if filters.key_id is not None:
-            query.add("key_id = {}", filters.key_id)
+        _equal(query, filters, ("publisher_id", "key_id"))
         if filters.status is not None:
             _status(query, filters.status)
         items, cursor = await self._page(
@@ -199,12 +176,7 @@ class Records:
     async def calls(self, filters: CallFilters, region: str) -> CallPage:
         """A page of call records, newest started first."""
         query = _common(filters, region, "started_at", "call_uuid")
-        if filters.publisher_id is not None:
-            query.add("publisher_id = {}", filters.publisher_id)
-        if filters.campaign is not None:
-            query.add("campaign = {}", filters.campaign)
-        if filters.state is not None:
-            query.add("state = {}", filters.state)
+        _equal(query, filters, ("publisher_id", "campaign", "state"))
         items, cursor = await self._page(
             _CALL_SELECT, query, filters.limit, "started_at", "call_uuid", call_record
         )

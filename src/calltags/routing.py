@@ -20,7 +20,7 @@ from calltags.http import Answer, check_bearer, error_answer
 from calltags.ids import random_uuid
 from calltags.metrics import UNMATCHED, Metrics
 from calltags.models import Call, ConnectRequest, call_model, decode, encode
-from calltags.operations import Api, Auth, Operation
+from calltags.operations import Api, Auth, Operation, Routes
 from calltags.services import Core
 from calltags.store import CallNotFound
 
@@ -28,9 +28,18 @@ log = logging.getLogger("calltags")
 
 Handler = Callable[[Core, Incoming, dict[str, str]], Awaitable[tuple[int, Call]]]
 _CALLER_FIELD = "at `$.caller_number`"
+ROUTES = Routes(Api.ROUTING, Auth.ROUTING)
+_CALL = ("call_not_found",)
 
 
+@ROUTES.route(
+    "POST", "/calls", body=ConnectRequest, status=201, also={200: Call},
+    errors=("missing_caller", "invalid_caller_number", "call_exists", "invalid_body"),
+    doc={"description": "201 with the new live call, or 200 with the call that call_uuid"
+         " names when it is the same caller's already."},
+)  # fmt: skip
 async def connect(core: Core, req: Incoming, params: dict[str, str]) -> tuple[int, Call]:
+    """Connect a call, claiming the caller's pending tags."""
     try:
         body = decode(await req.body(), ConnectRequest)
     except ApiError as exc:
@@ -58,7 +67,9 @@ async def connect(core: Core, req: Incoming, params: dict[str, str]) -> tuple[in
     return 201 if created else 200, call_model(call)
 
 
+@ROUTES.route("GET", "/calls/{call_uuid}", errors=_CALL)
 async def get_call(core: Core, req: Incoming, params: dict[str, str]) -> tuple[int, Call]:
+    """Read a call and its tags."""
     call_uuid = params["call_uuid"]
     try:
         return 200, call_model(await core.store.get_call(call_uuid))
@@ -66,36 +77,15 @@ async def get_call(core: Core, req: Incoming, params: dict[str, str]) -> tuple[i
         raise call_not_found(call_uuid) from exc
 
 
+@ROUTES.route("POST", "/calls/{call_uuid}/end", errors=_CALL)
 async def end_call(core: Core, req: Incoming, params: dict[str, str]) -> tuple[int, Call]:
+    """Complete a call; each key's end-call cut-off starts now."""
     call_uuid = params["call_uuid"]
     try:
         call, _ = await core.store.end_call(call_uuid)
     except CallNotFound as exc:
         raise call_not_found(call_uuid) from exc
     return 200, call_model(call)
-
-
-_CALL = ("call_not_found",)
-OPERATIONS = (
-    Operation(
-        Api.ROUTING, "POST", "/calls", "Connect a call, claiming the caller's pending tags",
-        connect, Auth.ROUTING, body=ConnectRequest, status=201, response=Call,
-        also={200: Call},
-        errors=("missing_caller", "invalid_caller_number", "call_exists", "invalid_body",
-                "payload_too_large"),
-        doc={"description": "201 with the new live call; 200 with the call when call_uuid"
-             " names an existing call of the same caller."},
-    ),
-    Operation(
-        Api.ROUTING, "GET", "/calls/{call_uuid}", "Read a call and its tags", get_call,
-        Auth.ROUTING, response=Call, errors=_CALL,
-    ),
-    Operation(
-        Api.ROUTING, "POST", "/calls/{call_uuid}/end",
-        "Complete a call; each key's end-call cut-off starts now", end_call,
-        Auth.ROUTING, response=Call, errors=_CALL,
-    ),
-)  # fmt: skip
 
 
 class _Route:
@@ -111,7 +101,7 @@ class RoutingApi:
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
         self.core: Core | None = None
-        self._routes = [_Route(op) for op in OPERATIONS]
+        self._routes = [_Route(op) for op in ROUTES.operations]
         self._static = {(r.operation.method, r.operation.path): r for r in self._routes}
 
     def bind(self, core: Core) -> None:
