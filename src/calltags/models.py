@@ -15,6 +15,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from calltags import store
 from calltags.errors import LOGGED_CODES, ApiError
+from calltags.phone import MAX_RAW_LENGTH
 from calltags.store import STATUS_COMPLETED, STATUS_LIVE, STATUS_STORED
 from calltags.times import iso, iso_ms
 
@@ -63,9 +64,14 @@ RatePerSecond = Annotated[
     float, Meta(gt=0, le=MAX_RATE, description="postbacks a second; null: CALLTAGS_RATE_LIMIT")
 ]
 RateBurst = Annotated[int, Meta(ge=1, le=MAX_BURST, description="bucket size of the rate limit")]
+CALL_UUID = r"[A-Za-z0-9_.:\-]{1,128}"
 CallUuid = Annotated[
-    str, Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,128}$", description="1-128 of A-Z a-z 0-9 _ . : -")
+    str, Meta(pattern=f"^{CALL_UUID}$", description="1-128 of A-Z a-z 0-9 _ . : -")
 ]
+# What routing may tag a call with at connect (free text).
+PublisherRef = Annotated[str, Meta(max_length=64, description="as routing names publishers")]
+Campaign = Annotated[str, Meta(max_length=200)]
+AnyNumber = Annotated[str, Meta(max_length=MAX_RAW_LENGTH, description="any format")]
 Time = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
 Id = Annotated[int, Meta(ge=1, le=MAX_ID)]
 
@@ -208,8 +214,8 @@ class Keys(Struct, kw_only=True):
 class ConnectRequest(Body):
     caller_number: str | int | None = None
     call_uuid: CallUuid | None = None
-    publisher_id: Annotated[str, Meta(max_length=64)] | int | None = None
-    campaign: Annotated[str, Meta(max_length=200)] | None = None
+    publisher_id: PublisherRef | int | None = None
+    campaign: Campaign | None = None
 
 
 class TagSource(Struct, kw_only=True):
@@ -248,7 +254,7 @@ class Call(_CallBase, kw_only=True):
 class PostbackFilters(Body):
     publisher_id: Id | None = None
     key_id: Id | None = None
-    caller_number: Annotated[str, Meta(max_length=64, description="any format")] | None = None
+    caller_number: AnyNumber | None = None
     status: (
         Annotated[
             str,
@@ -274,9 +280,9 @@ class PostbackFilters(Body):
 
 
 class CallFilters(Body):
-    publisher_id: Annotated[str, Meta(max_length=64)] | None = None
-    campaign: Annotated[str, Meta(max_length=200)] | None = None
-    caller_number: Annotated[str, Meta(max_length=64, description="any format")] | None = None
+    publisher_id: PublisherRef | None = None
+    campaign: Campaign | None = None
+    caller_number: AnyNumber | None = None
     state: Literal["in_progress", "completed"] | None = None
     since: Time | None = None
     until: Time | None = None

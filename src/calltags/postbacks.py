@@ -15,7 +15,7 @@ import orjson
 from msgspec import UNSET
 from starlette.types import Receive, Scope, Send
 
-from calltags import phone, signing
+from calltags import models, phone, signing
 from calltags.asgi import Incoming, send_json
 from calltags.errors import LOGGED_CODES, ApiError, StoreUnavailable, call_not_found
 from calltags.http import Answer, error_answer, parse_object, query_pairs
@@ -38,7 +38,7 @@ MAX_TAG_VALUE_BYTES = 1024
 MAX_PARAMS = 1000  # parameters read from one request; more is refused before any parsing
 RESERVED = frozenset(("key", "caller_number", "call_uuid"))
 _TAG_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-CALL_UUID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+CALL_UUID = re.compile(models.CALL_UUID)
 DOC = (
     "Parameters come from the query string and, for POST, from a JSON object or"
     " url-encoded form body (the body wins; of a repeated parameter the last wins)."
