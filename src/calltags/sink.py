@@ -37,7 +37,6 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from importlib import resources
 from operator import itemgetter
 from typing import Any, TypeAlias
 
@@ -47,6 +46,7 @@ from asyncpg.pool import PoolConnectionProxy
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
+from calltags import scripts
 from calltags.calls import call_json
 from calltags.keys import SINK_GROUP, KeySpace
 from calltags.log import ENTRY_FIELD, MAX_TAG_VALUE, stream_id_ms
@@ -322,10 +322,6 @@ async def create_sink_pool(dsn: str, max_size: int = 4) -> asyncpg.Pool:
     return pool
 
 
-def _script(name: str) -> str:
-    return resources.files("calltags").joinpath("lua", name).read_text(encoding="utf-8")
-
-
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
@@ -378,7 +374,7 @@ class Sink:
         self._claim_cursor: dict[str, bytes] = {}
         self._claim_due: dict[str, float] = {}
         self._days: set[int] = set()  # days (since the epoch) known to have a partition
-        self._ack: AsyncScript = redis.register_script(_script("ack-1.lua"))
+        self._ack: AsyncScript = scripts.register(redis, "ack-1.lua")
 
     @property
     def streams(self) -> list[str]:

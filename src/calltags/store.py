@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import re
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, TypeAlias
 
 import orjson
@@ -15,6 +13,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError
 
+from calltags import scripts
 from calltags.autopipe import AutoPipeline
 from calltags.errors import StoreUnavailable
 from calltags.keys import SECOND_MS, KeySpace
@@ -45,16 +44,6 @@ ENTRY_FIELD = b"e"
 OUTCOME_FIELD = b"r"
 CALL_FIELD = b"c"
 SNAPSHOT_FIELD = b"c"  # the field of a call snapshot (the call's JSON) in {prefix}calllog:{N}
-
-
-_INCLUDE = re.compile(r"^-- @include (\S+)$", re.M)
-
-
-def _load_script(name: str) -> str:
-    """A script's text, with each `-- @include FILE` line replaced by that file."""
-    folder = resources.files("calltags").joinpath("lua")
-    text = folder.joinpath(name).read_text(encoding="utf-8")
-    return _INCLUDE.sub(lambda m: folder.joinpath(m.group(1)).read_text(encoding="utf-8"), text)
 
 
 @dataclass(frozen=True)
@@ -155,13 +144,13 @@ class Store:
         self.keys = keys
         self.call_ttl_ms = call_ttl_seconds * SECOND_MS
         self.cluster = isinstance(redis, RedisCluster)
-        self._postback: AsyncScript = redis.register_script(_load_script("postback-4.lua"))
-        self._connect: AsyncScript = redis.register_script(_load_script("connect-3.lua"))
-        self._end: AsyncScript = redis.register_script(_load_script("end-2.lua"))
-        self._ratelimit: AsyncScript = redis.register_script(_load_script("ratelimit-1.lua"))
-        self._fail: AsyncScript = redis.register_script(_load_script("fail-1.lua"))
-        scripts = [self._postback, self._connect, self._end, self._ratelimit, self._fail]
-        self._pipe = None if self.cluster else AutoPipeline(redis, scripts)
+        self._postback: AsyncScript = scripts.register(redis, "postback-4.lua")
+        self._connect: AsyncScript = scripts.register(redis, "connect-3.lua")
+        self._end: AsyncScript = scripts.register(redis, "end-2.lua")
+        self._ratelimit: AsyncScript = scripts.register(redis, "ratelimit-1.lua")
+        self._fail: AsyncScript = scripts.register(redis, "fail-1.lua")
+        loaded = [self._postback, self._connect, self._end, self._ratelimit, self._fail]
+        self._pipe = None if self.cluster else AutoPipeline(redis, loaded)
         self._snapshot_shards = itertools.cycle(keys.call_log_shards_all())
         self._log_shards = itertools.cycle(keys.log_shards_all())
 
