@@ -27,7 +27,7 @@ from calltags.keys import KeySpace
 from calltags.log import PostbackLog
 from calltags.publishers import GuessGuard, KeyResolver, Publishers
 from calltags.services import Services
-from calltags.store import Store
+from calltags.store import open_store
 
 log = logging.getLogger("calltags")
 
@@ -57,7 +57,7 @@ async def open_services(settings: Settings) -> Services:
         redis=redis,
         pool=pool,
         keys=keys,
-        store=Store(redis, keys, settings.call_ttl_seconds),
+        store=open_store(redis, keys, settings.call_ttl_seconds),
         log=PostbackLog(redis, keys, settings.log_max_backlog),
         publishers=publishers,
         resolver=KeyResolver(redis, keys, settings.key_cache_seconds, fallback=publishers),
