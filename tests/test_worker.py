@@ -1,12 +1,13 @@
 """The flush worker against real Redis and Postgres: redelivery adds no row, a worker
 killed mid-batch loses and duplicates nothing, a Postgres outage only delays rows,
 the log's day partitions are made and dropped, an entry's outcome code (field r) and
-call (field c) decide its row and the call record, and a value Postgres refuses costs
-only its own row."""
+call (field c) decide its row and the call record, a value Postgres refuses costs
+only its own row, and the worker runs without the web side."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import signal
 import subprocess
@@ -40,6 +41,30 @@ from calltags.sink import utc_today
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNT_BY_MARKER = "SELECT count(*) FROM postbacks WHERE user_agent = $1"
+# The web side, which the worker must run without (habit 15 of the style guide).
+WEB_MODULES = frozenset(
+    f"calltags.{name}"
+    for name in (
+        "app", "asgi", "http", "postbacks", "calls", "admin", "listings", "logpage", "openapi",
+        "metrics", "health", "services", "cli", "devserver",
+    )
+)  # fmt: skip
+
+
+def test_the_worker_imports_nothing_of_the_web_side() -> None:
+    code = "import sys, workers.flush; print(' '.join(sorted(sys.modules)))"
+    # Settings are read when workers.flush is imported; nothing connects to this port.
+    env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:1/0"}
+    env.pop("CALLTAGS_QUEUE_URL", None)
+    env.pop("CALLTAGS_REDIS_CLUSTER", None)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = set(done.stdout.split())
+    assert "calltags.sink" in loaded
+    assert loaded & WEB_MODULES == set()
+    assert {name for name in loaded if name.partition(".")[0] == "starlette"} == set()
 
 
 async def test_a_batch_delivered_twice_adds_no_row(

@@ -47,7 +47,6 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from calltags import scripts
-from calltags.calls import call_json
 from calltags.keys import SINK_GROUP, KeySpace
 from calltags.log import ENTRY_FIELD, MAX_TAG_VALUE, stream_id_ms
 from calltags.store import (
@@ -255,7 +254,7 @@ def call_row(doc: dict[str, Any]) -> Row:
         _ms(call.started_ms),
         _ms(call.ended_ms) if call.ended_ms is not None else None,
         call.tags,
-        call_json(call)["tag_sources"],
+        call.tag_sources(),
         _int(call.version, 32),
         _ms(max(changed)),
     )

@@ -27,7 +27,7 @@ from calltags import scripts
 from calltags.autopipe import AutoPipeline
 from calltags.errors import StoreUnavailable
 from calltags.keys import SECOND_MS, KeySpace
-from calltags.times import now_ms
+from calltags.times import iso_ms, now_ms
 
 # A single-node or cluster client: the two share the command API calltags uses.
 RedisClient: TypeAlias = Redis | RedisCluster
@@ -75,6 +75,18 @@ class Call:
     tags: dict[str, str]
     sources: dict[str, TagSource] = field(default_factory=dict)
     version: int = 0  # counts the call's writes: of two snapshots the higher is newer
+
+    def tag_sources(self) -> dict[str, dict[str, Any]]:
+        """Where each tag came from, as the routing API answers it and the calls table
+        keeps it: {name: {"publisher_id", "key_id", "set_at" (ISO 8601)}}."""
+        return {
+            name: {
+                "publisher_id": source.publisher_id,
+                "key_id": source.key_id,
+                "set_at": iso_ms(source.set_at_ms),
+            }
+            for name, source in self.sources.items()
+        }
 
 
 @dataclass(frozen=True)
