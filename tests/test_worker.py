@@ -37,7 +37,7 @@ from redis.asyncio import Redis
 from calltags.config import Settings
 from calltags.keys import SINK_GROUP
 from calltags.log import ENTRY_FIELD
-from calltags.sink import utc_today
+from calltags.partitions import utc_today
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNT_BY_MARKER = "SELECT count(*) FROM postbacks WHERE user_agent = $1"
@@ -79,10 +79,10 @@ async def test_a_batch_delivered_twice_adds_no_row(
     ):
         # The first worker commits its batch and dies before acknowledging it...
         stream = first.keys.log_shard(0)
-        await first.ensure_groups()
-        batch = await first._read(stream, None)
+        await first.reader.ensure_groups()
+        batch = await first.reader.read(stream, None)
         assert batch
-        await first._commit(*first._rows(stream, batch))
+        await first.writer.commit(*first._rows(stream, batch))
         assert await count(database_url, COUNT_BY_MARKER, marker) == len(batch)
         # ...the second takes the batch over once it is idle, and writes it again.
         await asyncio.sleep(0.01)
