@@ -475,3 +475,13 @@ async def test_entries_already_in_postgres_are_not_added_again(
         assert await sink.drain() == 40
     assert await count(database_url, COUNT_BY_MARKER, marker) == 50
     assert await stream_lengths(redis, keys) == 0
+
+
+async def test_retry_waits_double_from_a_tenth_of_a_second_up_to_max_backoff(
+    settings: Settings, redis: Redis
+) -> None:
+    async with open_sink(settings, redis, max_backoff=0.2) as sink:
+        waits = [sink._delay(failures) for failures in range(5000)]  # a long outage
+    assert 0.05 <= waits[0] <= 0.1
+    assert 0.1 <= waits[1] <= 0.2
+    assert all(0.1 <= wait <= 0.2 for wait in waits[2:])

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from dataclasses import dataclass
 from datetime import date
 
 import asyncpg
+from redis.backoff import EqualJitterBackoff
 
 from calltags.keys import KeySpace
 from calltags.partitions import Partitions, utc_today
@@ -33,6 +33,9 @@ log = logging.getLogger("calltags.sink")
 
 BLOCK_MS = 1000  # a read waits this long for new entries; also the longest stop delay, ms
 BACKOFF_FIRST = 0.1  # s before the first retry; doubles up to `max_backoff`
+# Failures in a row past which the wait stops doubling: redis-py's back-off computes
+# base * 2**failures, which overflows a float after about a thousand (a long outage).
+_MOST_DOUBLINGS = 32
 
 
 class _Stopped(Exception):
@@ -46,21 +49,6 @@ class Counters:
     calls: int = 0
     claimed: int = 0
     retries: int = 0
-
-
-class Backoff:
-    def __init__(self, first: float, most: float):
-        self.first = first
-        self.most = most
-        self.next_delay = first
-
-    def reset(self) -> None:
-        self.next_delay = self.first
-
-    def take(self) -> float:
-        delay = self.next_delay
-        self.next_delay = min(self.most, delay * 2)
-        return delay * random.uniform(0.75, 1.0)
 
 
 class Sink:
@@ -79,6 +67,8 @@ class Sink:
         self.pool = pool
         self.keys = keys
         self.max_backoff = max_backoff
+        # Each wait a random time between half and all of its doubled step.
+        self._backoff = EqualJitterBackoff(cap=max_backoff, base=BACKOFF_FIRST)
         self.consumer = consumer or consumer_name()
         self.counters = Counters()
         self.streams = keys.log_shards_all() + keys.call_log_shards_all()
@@ -96,17 +86,18 @@ class Sink:
         await asyncio.gather(*(self._run_stream(stream, stop) for stream in self.streams))
 
     async def _run_stream(self, stream: str, stop: asyncio.Event) -> None:
-        backoff = Backoff(BACKOFF_FIRST, self.max_backoff)
+        failures = 0  # in a row
         while not stop.is_set():
             try:
                 await self.flush_once(stream, block_ms=BLOCK_MS, stop=stop)
-                backoff.reset()
+                failures = 0
             except _Stopped:
                 return
             except Exception:  # a worker must outlive any failure: log it, wait, go on
                 log.exception("flushing %s failed, retrying", stream)
                 self.counters.retries += 1
-                await _sleep_unless(stop, backoff.take())
+                await _sleep_unless(stop, self._delay(failures))
+                failures += 1
 
     async def flush_once(
         self, stream: str, *, block_ms: int | None = None, stop: asyncio.Event | None = None
@@ -161,7 +152,7 @@ class Sink:
         in Postgres yet (a taken-over batch may be).
         """
         postbacks, calls = self._rows(stream, batch)
-        backoff = Backoff(BACKOFF_FIRST, self.max_backoff)
+        failures = 0
         committed = False
         while True:
             try:
@@ -177,7 +168,8 @@ class Sink:
                 break
             except Exception as exc:  # Postgres or Redis down: the batch waits, never dropped
                 self.counters.retries += 1
-                delay = backoff.take()
+                delay = self._delay(failures)
+                failures += 1
                 log.warning(
                     "%s of %d entries of %s failed (%s: %s), retrying in %.1f s",
                     "acknowledging" if committed else "committing",
@@ -194,6 +186,12 @@ class Sink:
         self.counters.batches += 1
         self.counters.rows += len(postbacks)
         self.counters.calls += len(calls)
+
+    def _delay(self, failures: int) -> float:
+        """Seconds before the next try, with `failures` failures in a row before this one:
+        BACKOFF_FIRST doubled that often, at most `max_backoff`, with jitter."""
+        delay: float = self._backoff.compute(min(failures, _MOST_DOUBLINGS))
+        return delay
 
     # -- maintenance (the workers' cron job) ---------------------------------------------
 
