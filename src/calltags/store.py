@@ -16,7 +16,7 @@ import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, ParamSpec, TypeAlias, TypeVar
+from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import orjson
 from redis.asyncio import Redis, RedisCluster
@@ -154,16 +154,8 @@ def call_from_doc(doc: dict[str, Any]) -> Call:
 # Arguments of postback-4.lua that a store reads or fills in (ARGV[1], ARGV[8]).
 _ARG_NOW = 0
 _ARG_LOG_ENTRY = 7
-
-
-class _PostbackWrite(NamedTuple):
-    """A postback's call of postback-4.lua, before a store adds what it can to it."""
-
-    keys: list[str]  # KEYS[1..2], the caller's
-    args: list[Any]  # ARGV, the log entry (ARGV[8]) empty
-    key_id: int
-    log_entry: bytes | None
-    rate: RateLimit | None
+# A postback key's token bucket (its Redis key) and rate.
+_Bucket: TypeAlias = tuple[str, RateLimit]
 
 
 _P = ParamSpec("_P")
@@ -221,9 +213,11 @@ class Store(_ErrorBoundary, ABC):
         """The replies of commands queued together, in order."""
 
     @abstractmethod
-    def _write_postback(self, write: _PostbackWrite) -> Awaitable[list[Any]]:
-        """postback-4.lua's reply to the write, its log entry appended and the key's rate
-        limit asked on the way (see write_tags)."""
+    def _write_postback(
+        self, keys: list[str], args: list[Any], entry: bytes | None, bucket: _Bucket | None
+    ) -> Awaitable[list[Any]]:
+        """postback-4.lua's reply for the caller's keys and `args` (ARGV[8] empty), the log
+        `entry` appended and the key's `bucket` asked on the way (see write_tags)."""
 
     @abstractmethod
     def _with_snapshot(self, keys: list[str], shard: str) -> list[str]:
@@ -276,8 +270,8 @@ class Store(_ErrorBoundary, ABC):
         for name, value in tags.items():
             args.append(name)
             args.append(encode_tag(value, publisher_id, key_id, now))
-        write = _PostbackWrite(keys, args, key_id, log_entry, rate)
-        code, detail, *_ = await self._write_postback(write)
+        bucket = (self.keys.rate_bucket(key_id), rate) if rate is not None else None
+        code, detail, *_ = await self._write_postback(keys, args, log_entry, bucket)
         if code == -2:
             assert rate is not None
             raise RateLimited(int(detail), rate.per_second, rate.burst)
@@ -369,14 +363,15 @@ class NodeStore(Store):
                     reply.exception()
             raise
 
-    def _write_postback(self, write: _PostbackWrite) -> Awaitable[list[Any]]:
-        keys, args = write.keys, write.args
-        if write.log_entry is not None:
+    def _write_postback(
+        self, keys: list[str], args: list[Any], entry: bytes | None, bucket: _Bucket | None
+    ) -> Awaitable[list[Any]]:
+        if entry is not None:  # KEYS[4], the bucket, only after KEYS[3], the log shard
             keys.append(next(self._log_shards))
-            args[_ARG_LOG_ENTRY] = write.log_entry
-            if write.rate is not None:
-                keys.append(self.keys.rate_bucket(write.key_id))
-        return self._queue_eval(self._postback, keys, args)
+            args[_ARG_LOG_ENTRY] = entry
+            if bucket is not None:
+                keys.append(bucket[0])
+        return self._pipe.evalsha(self._postback, keys, args)
 
     def _with_snapshot(self, keys: list[str], shard: str) -> list[str]:
         keys.append(shard)
@@ -407,18 +402,19 @@ class ClusterStore(Store):
     async def _together(self, *replies: Awaitable[Any]) -> list[Any]:
         return await asyncio.gather(*replies)
 
-    async def _write_postback(self, write: _PostbackWrite) -> list[Any]:
-        entry, rate = write.log_entry, write.rate
+    async def _write_postback(
+        self, keys: list[str], args: list[Any], entry: bytes | None, bucket: _Bucket | None
+    ) -> list[Any]:
         logged = (next(self._log_shards), entry) if entry is not None else None
-        if rate is not None:
-            bucket = self.keys.rate_bucket(write.key_id)
-            limit = [write.args[_ARG_NOW], rate.per_second, rate.burst]
-            left = await self._ratelimit(keys=[bucket], args=limit)
+        if bucket is not None:
+            name, rate = bucket
+            limit = [args[_ARG_NOW], rate.per_second, rate.burst]
+            left = await self._ratelimit(keys=[name], args=limit)
             if left < 0:  # answered as the postback script answers a refusal
                 if logged is not None:
                     await self._log_outcome(*logged, -2, None)
                 return [-2, -left]
-        reply: list[Any] = await self._postback(keys=write.keys, args=write.args)
+        reply: list[Any] = await self._postback(keys=keys, args=args)
         if logged is not None:
             code, _, *call_json = reply
             await self._log_outcome(*logged, code, call_json[0] if call_json else None)
