@@ -39,7 +39,7 @@ from calltags.devserver import embedded_postgres, embedded_valkey
 from calltags.keys import KeySpace
 from calltags.models import MAX_BURST, MAX_RATE, KeyCreate
 from calltags.publishers import Publishers
-from calltags.store import Store
+from calltags.store import open_store
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -169,7 +169,7 @@ async def pending_caller_memory(callers: int = 20_000) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder, embedded_valkey(Path(folder)) as url:
         redis = Redis.from_url(url)
         try:
-            store = Store(redis, KeySpace("ct:", 8), call_ttl_seconds=2_592_000)
+            store = open_store(redis, KeySpace("ct:", 8), call_ttl_seconds=2_592_000)
             before = (await redis.info("memory"))["used_memory"]
             tags = {"utm_source": "google", "prequalified": "true", "age": "42"}
             batch = 500

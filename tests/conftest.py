@@ -30,7 +30,7 @@ from redis.asyncio import Redis, RedisCluster
 
 from calltags import db
 from calltags.app import create_app
-from calltags.config import CLUSTER_SCHEMES, Settings, load_settings
+from calltags.config import CLUSTER_SCHEMES, Secret, Settings, load_settings
 from calltags.store import RedisClient
 
 ADMIN_TOKEN = "test-admin-token"
@@ -168,9 +168,7 @@ def settings(
     )
 
 
-def _secret(value: str) -> Any:
-    from starlette.datastructures import Secret
-
+def _secret(value: str) -> Secret:
     return Secret(value)
 
 

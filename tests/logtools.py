@@ -25,8 +25,9 @@ from calltags.app import create_app
 from calltags.config import Settings
 from calltags.keys import KeySpace
 from calltags.log import ENTRY_FIELD, make_entry
-from calltags.sink import Sink, create_sink_pool
+from calltags.sink import Sink
 from calltags.times import now_ms
+from calltags.writer import create_sink_pool
 
 
 def free_port() -> int:

@@ -49,3 +49,28 @@ def test_env_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> 
     env = tmp_path / ".env"
     env.write_text("CALLTAGS_DEFAULT_REGION=gb\n")
     assert load_settings(env_file=env).default_region == "GB"
+
+
+def test_env_file_comments_quotes_and_the_environment_first(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    monkeypatch.delenv("CALLTAGS_REDIS_PREFIX", raising=False)
+    monkeypatch.delenv("CALLTAGS_ADMIN_TOKEN", raising=False)
+    monkeypatch.setenv("PORT", "9001")
+    env = tmp_path / ".env"
+    env.write_text(
+        "# local run\n"
+        "not a setting\n"
+        " CALLTAGS_REDIS_PREFIX = 'dev:' \n"
+        'CALLTAGS_ADMIN_TOKEN="s3cr=t"\n'
+        "#PORT=1\n"
+        "PORT=9000\n"
+    )
+    settings = load_settings(env_file=env)
+    assert settings.redis_prefix == "dev:"
+    assert settings.port == 9001  # the environment wins over the file
+    assert str(settings.admin_token) == "s3cr=t"
+    assert "s3cr" not in repr(settings)

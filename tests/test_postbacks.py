@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from calltags.config import Settings
 from calltags.keys import KeySpace
-from calltags.store import Store
+from calltags.store import open_store
 
 STORED = "call not found, tags stored"
 LIVE = "call in progress, tags applied"
@@ -298,7 +298,7 @@ async def test_pending_tags_vanish_after_the_storage_duration(
     settings: Settings,
     key: dict[str, Any],
 ) -> None:
-    store = Store(
+    store = open_store(
         redis, KeySpace(settings.redis_prefix, settings.log_shards), settings.call_ttl_seconds
     )
     expiring, claimed = fresh_caller(), fresh_caller()

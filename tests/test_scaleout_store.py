@@ -24,6 +24,7 @@ from calltags.store import (
     RateLimited,
     RedisClient,
     Store,
+    open_store,
 )
 
 WRITE: dict[str, Any] = {
@@ -35,7 +36,7 @@ WRITE: dict[str, Any] = {
 
 
 def _store(settings: Settings, redis: RedisClient) -> Store:
-    return Store(redis, keyspace(own_prefix(settings, "store")), settings.call_ttl_seconds)
+    return open_store(redis, keyspace(own_prefix(settings, "store")), settings.call_ttl_seconds)
 
 
 async def _entries(redis: RedisClient, streams: list[str]) -> list[dict[bytes, bytes]]:

@@ -1,12 +1,13 @@
 """The flush worker against real Redis and Postgres: redelivery adds no row, a worker
 killed mid-batch loses and duplicates nothing, a Postgres outage only delays rows,
 the log's day partitions are made and dropped, an entry's outcome code (field r) and
-call (field c) decide its row and the call record, and a value Postgres refuses costs
-only its own row."""
+call (field c) decide its row and the call record, a value Postgres refuses costs
+only its own row, and the worker runs without the web side."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import signal
 import subprocess
@@ -36,10 +37,34 @@ from redis.asyncio import Redis
 from calltags.config import Settings
 from calltags.keys import SINK_GROUP
 from calltags.log import ENTRY_FIELD
-from calltags.sink import utc_today
+from calltags.partitions import utc_today
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNT_BY_MARKER = "SELECT count(*) FROM postbacks WHERE user_agent = $1"
+# The web side, which the worker must run without (habit 15 of the style guide).
+WEB_MODULES = frozenset(
+    f"calltags.{name}"
+    for name in (
+        "app", "asgi", "http", "postbacks", "calls", "admin", "listings", "logpage", "openapi",
+        "metrics", "health", "services", "cli", "devserver",
+    )
+)  # fmt: skip
+
+
+def test_the_worker_imports_nothing_of_the_web_side() -> None:
+    code = "import sys, workers.flush; print(' '.join(sorted(sys.modules)))"
+    # Settings are read when workers.flush is imported; nothing connects to this port.
+    env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:1/0"}
+    env.pop("CALLTAGS_QUEUE_URL", None)
+    env.pop("CALLTAGS_REDIS_CLUSTER", None)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = set(done.stdout.split())
+    assert "calltags.sink" in loaded
+    assert loaded & WEB_MODULES == set()
+    assert {name for name in loaded if name.partition(".")[0] == "starlette"} == set()
 
 
 async def test_a_batch_delivered_twice_adds_no_row(
@@ -54,10 +79,10 @@ async def test_a_batch_delivered_twice_adds_no_row(
     ):
         # The first worker commits its batch and dies before acknowledging it...
         stream = first.keys.log_shard(0)
-        await first.ensure_groups()
-        batch = await first._read(stream, None)
+        await first.reader.ensure_groups()
+        batch = await first.reader.read(stream, None)
         assert batch
-        await first._commit(*first._rows(stream, batch))
+        await first.writer.commit(*first._rows(stream, batch))
         assert await count(database_url, COUNT_BY_MARKER, marker) == len(batch)
         # ...the second takes the batch over once it is idle, and writes it again.
         await asyncio.sleep(0.01)
@@ -450,3 +475,13 @@ async def test_entries_already_in_postgres_are_not_added_again(
         assert await sink.drain() == 40
     assert await count(database_url, COUNT_BY_MARKER, marker) == 50
     assert await stream_lengths(redis, keys) == 0
+
+
+async def test_retry_waits_double_from_a_tenth_of_a_second_up_to_max_backoff(
+    settings: Settings, redis: Redis
+) -> None:
+    async with open_sink(settings, redis, max_backoff=0.2) as sink:
+        waits = [sink._delay(failures) for failures in range(5000)]  # a long outage
+    assert 0.05 <= waits[0] <= 0.1
+    assert 0.1 <= waits[1] <= 0.2
+    assert all(0.1 <= wait <= 0.2 for wait in waits[2:])

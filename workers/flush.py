@@ -24,7 +24,8 @@ from redis.backoff import ExponentialBackoff
 from calltags.clients import redis_client
 from calltags.config import load_settings, require
 from calltags.keys import KeySpace
-from calltags.sink import Sink, create_sink_pool
+from calltags.sink import Sink
+from calltags.writer import create_sink_pool
 
 log = logging.getLogger("calltags.worker")
 

@@ -1,4 +1,8 @@
-"""Settings, read once from the environment, then `.env`, then defaults."""
+"""Settings, read once from the environment, then `.env`, then defaults.
+
+Read the way starlette.config reads them, without importing Starlette: the workers
+load these settings too, and import nothing of the web side.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,55 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from starlette.config import Config
-from starlette.datastructures import Secret
-
 from calltags.errors import ConfigError
 from calltags.models import MAX_KEY_SECONDS
 
 # A REDIS_URL naming a Redis Cluster (any node of it): redis+cluster:// or rediss+cluster://
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+class Secret:
+    """A setting kept out of tracebacks and logs: its repr hides it, str() gives it."""
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}('**********')"
+
+    def __str__(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+class Config:
+    """A setting's text: the environment's, else the `.env` file's, else the default."""
+
+    def __init__(self, env_file: Path | None):
+        self._file = _read_env_file(env_file) if env_file is not None else {}
+
+    def __call__(self, name: str, default: str) -> str:
+        value = os.environ.get(name)
+        if value is not None:
+            return value
+        return self._file.get(name, default)
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    """NAME=VALUE lines; blank lines, lines without "=" and `#` comments are skipped, and
+    a value in matching quotes loses them."""
+    values: dict[str, str] = {}
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            line = line.strip()
+            if "=" in line and not line.startswith("#"):
+                name, value = (part.strip() for part in line.split("=", 1))
+                if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                    value = value[1:-1]
+                values[name] = value
+    return values
 
 
 @dataclass(frozen=True)
@@ -95,7 +140,7 @@ def _secret(config: Config, name: str) -> Secret | None:
 
 def load_settings(env_file: str | Path | None = ".env") -> Settings:
     path = Path(env_file) if env_file is not None else None
-    config = Config(path if path is not None and path.is_file() else None, environ=os.environ)
+    config = Config(path if path is not None and path.is_file() else None)
     region = config("CALLTAGS_DEFAULT_REGION", default="US").upper()
     import phonenumbers
 

@@ -120,30 +120,11 @@ class PostbackLog:
         self.max_backlog = max_backlog
         self.last = Backlog()
         self.refused = 0  # postbacks refused because the backlog was full
-        self._shards = itertools.cycle(keys.log_shards_all())
 
     @property
     def full(self) -> bool:
         """True while the last measured backlog is at CALLTAGS_LOG_MAX_BACKLOG or above."""
         return self.last.total >= self.max_backlog
-
-    async def append(self, entry: dict[str, Any]) -> None:
-        """Add one entry; StoreUnavailable if Redis did not take it."""
-        try:
-            await self.redis.xadd(next(self._shards), {ENTRY_FIELD: orjson.dumps(entry)})
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailable(str(exc)) from exc
-
-    async def backlog(self) -> int:
-        """Entries in Redis not yet moved to Postgres, over all shards."""
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for shard in self.keys.log_shards_all():
-                    pipe.xlen(shard)
-                lengths: list[int] = await pipe.execute()
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        return sum(lengths)
 
     async def measure(self) -> Backlog:
         """Length and oldest entry of every postback and call log shard, one round trip."""

@@ -423,12 +423,7 @@ def from_row(model: type[T], row: asyncpg.Record, **computed: Any) -> T:
 
 def call_model(call: store.Call) -> Call:
     """The API's view of a call as the store holds it."""
-    sources = {
-        name: TagSource(
-            publisher_id=source.publisher_id, key_id=source.key_id, set_at=iso_ms(source.set_at_ms)
-        )
-        for name, source in call.sources.items()
-    }
+    sources = msgspec.convert(call.tag_sources(), dict[str, TagSource])
     return Call(
         call_uuid=call.call_uuid,
         caller_number=call.caller_number,

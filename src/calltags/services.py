@@ -18,7 +18,7 @@ from calltags.keys import KeySpace
 from calltags.log import PostbackLog
 from calltags.publishers import Publishers
 from calltags.records import Records
-from calltags.store import RedisClient, Store
+from calltags.store import RedisClient, Store, open_store
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Services(Core):
 def open_core(settings: Settings) -> Core:
     redis = redis_client(settings)
     keys = KeySpace(settings.redis_prefix, settings.log_shards)
-    return Core(settings, redis, keys, Store(redis, keys, settings.call_ttl_seconds))
+    return Core(settings, redis, keys, open_store(redis, keys, settings.call_ttl_seconds))
 
 
 async def open_services(settings: Settings) -> Services:

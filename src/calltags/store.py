@@ -1,24 +1,33 @@
-"""Redis: the Lua scripts, and the one place that turns their codes into results."""
+"""Redis: the Lua scripts, and the one place that turns their codes into results.
+
+`Store` holds what a single Redis node and a Redis Cluster share; `NodeStore` and
+`ClusterStore` differ in how a postback's rate limit, log entry and a call's snapshot
+reach Redis. `open_store` picks one by the client's type, once, at start. Every public
+coroutine of a store raises StoreUnavailable, never a driver error, when Redis cannot
+answer; CallNotFound and RateLimited are answers, not failures.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import itertools
-import re
-from collections.abc import Awaitable
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from importlib import resources
-from typing import Any, TypeAlias
+from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import orjson
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError
 
+from calltags import scripts
 from calltags.autopipe import AutoPipeline
 from calltags.errors import StoreUnavailable
 from calltags.keys import SECOND_MS, KeySpace
-from calltags.times import now_ms
+from calltags.times import iso_ms, now_ms
 
 # A single-node or cluster client: the two share the command API calltags uses.
 RedisClient: TypeAlias = Redis | RedisCluster
@@ -47,16 +56,6 @@ CALL_FIELD = b"c"
 SNAPSHOT_FIELD = b"c"  # the field of a call snapshot (the call's JSON) in {prefix}calllog:{N}
 
 
-_INCLUDE = re.compile(r"^-- @include (\S+)$", re.M)
-
-
-def _load_script(name: str) -> str:
-    """A script's text, with each `-- @include FILE` line replaced by that file."""
-    folder = resources.files("calltags").joinpath("lua")
-    text = folder.joinpath(name).read_text(encoding="utf-8")
-    return _INCLUDE.sub(lambda m: folder.joinpath(m.group(1)).read_text(encoding="utf-8"), text)
-
-
 @dataclass(frozen=True)
 class TagSource:
     publisher_id: int
@@ -77,13 +76,24 @@ class Call:
     sources: dict[str, TagSource] = field(default_factory=dict)
     version: int = 0  # counts the call's writes: of two snapshots the higher is newer
 
+    def tag_sources(self) -> dict[str, dict[str, Any]]:
+        """Where each tag came from, as the routing API answers it and the calls table
+        keeps it: {name: {"publisher_id", "key_id", "set_at" (ISO 8601)}}."""
+        return {
+            name: {
+                "publisher_id": source.publisher_id,
+                "key_id": source.key_id,
+                "set_at": iso_ms(source.set_at_ms),
+            }
+            for name, source in self.sources.items()
+        }
+
 
 @dataclass(frozen=True)
 class PostbackResult:
     status: str
     call_uuid: str | None = None
     expires_at_ms: int | None = None
-    call_json: bytes | None = None  # the call the tags were applied to, as now stored
 
 
 class CallNotFound(Exception):
@@ -141,74 +151,88 @@ def call_from_doc(doc: dict[str, Any]) -> Call:
     )
 
 
-class Store:
-    """Tag writes, connects and call reads, each one Lua call on one caller's keys.
+# Arguments of postback-4.lua that a store reads or fills in (ARGV[1], ARGV[8]).
+_ARG_NOW = 0
+_ARG_LOG_ENTRY = 7
+# A postback key's token bucket (its Redis key) and rate.
+_Bucket: TypeAlias = tuple[str, RateLimit]
 
-    On a single Redis node (a `Redis` client) commands issued in the same event-loop turn
-    travel together (AutoPipeline), and a postback's rate limit and log append happen
-    inside its script. On Redis Cluster those keys live in other slots, so they are
-    separate commands around the script (a `RedisCluster` client).
-    """
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _wrap_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
+    @functools.wraps(method)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(*args, **kwargs)
+        except REDIS_ERRORS as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    return wrapper
+
+
+class _ErrorBoundary:
+    """Wraps every public coroutine a subclass defines, once, in _wrap_errors: callers
+    catch StoreUnavailable, whichever command inside failed."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, member in list(vars(cls).items()):
+            if not name.startswith("_") and inspect.iscoroutinefunction(member):
+                setattr(cls, name, _wrap_errors(member))
+
+
+class Store(_ErrorBoundary, ABC):
+    """Tag writes, connects and call reads, each one Lua call on one caller's keys."""
 
     def __init__(self, redis: RedisClient, keys: KeySpace, call_ttl_seconds: int):
         self.redis = redis
         self.keys = keys
         self.call_ttl_ms = call_ttl_seconds * SECOND_MS
-        self.cluster = isinstance(redis, RedisCluster)
-        self._postback: AsyncScript = redis.register_script(_load_script("postback-4.lua"))
-        self._connect: AsyncScript = redis.register_script(_load_script("connect-3.lua"))
-        self._end: AsyncScript = redis.register_script(_load_script("end-2.lua"))
-        self._ratelimit: AsyncScript = redis.register_script(_load_script("ratelimit-1.lua"))
-        self._fail: AsyncScript = redis.register_script(_load_script("fail-1.lua"))
-        scripts = [self._postback, self._connect, self._end, self._ratelimit, self._fail]
-        self._pipe = None if self.cluster else AutoPipeline(redis, scripts)
+        self._postback = scripts.register(redis, "postback-4.lua")
+        self._connect = scripts.register(redis, "connect-3.lua")
+        self._end = scripts.register(redis, "end-2.lua")
+        self._fail = scripts.register(redis, "fail-1.lua")
         self._snapshot_shards = itertools.cycle(keys.call_log_shards_all())
         self._log_shards = itertools.cycle(keys.log_shards_all())
 
+    # -- how commands travel: the subclasses' part ---------------------------------------
+
+    @abstractmethod
     def _queue_eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
-        """A script call's reply, to await: queued on the auto-pipeline (a future, so
-        that several can be awaited together without tasks) or sent alone."""
-        if self._pipe is not None:
-            return self._pipe.evalsha(script, keys, args)
-        alone: Awaitable[Any] = script(keys=keys, args=args)
-        return alone
+        """A script call's reply, to await."""
 
+    @abstractmethod
     def _queue(self, *args: Any) -> Awaitable[Any]:
-        """A command's reply, to await (see _queue_eval)."""
-        if self._pipe is not None:
-            return self._pipe.execute(*args)
-        alone: Awaitable[Any] = self.redis.execute_command(*args)
-        return alone
+        """A command's reply, to await."""
 
-    async def _eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await self._queue_eval(script, keys, args)
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailable(str(exc)) from exc
-
-    async def _command(self, *args: Any) -> Any:
-        try:
-            return await self._queue(*args)
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailable(str(exc)) from exc
-
+    @abstractmethod
     async def _together(self, *replies: Awaitable[Any]) -> list[Any]:
-        """The replies of commands queued together, in order. On the auto-pipeline they
-        are futures already on their way in one batch: awaited in turn, without the
-        tasks and callbacks of `asyncio.gather`."""
-        try:
-            if self._pipe is None:
-                return await asyncio.gather(*replies)
-            return [await reply for reply in replies]
-        except REDIS_ERRORS as exc:
-            for reply in replies:  # a batch's futures end together: take their errors too
-                if isinstance(reply, asyncio.Future) and reply.done() and not reply.cancelled():
-                    reply.exception()
-            raise StoreUnavailable(str(exc)) from exc
+        """The replies of commands queued together, in order."""
+
+    @abstractmethod
+    def _write_postback(
+        self, keys: list[str], args: list[Any], entry: bytes | None, bucket: _Bucket | None
+    ) -> Awaitable[list[Any]]:
+        """postback-4.lua's reply for the caller's keys and `args` (ARGV[8] empty), the log
+        `entry` appended and the key's `bucket` asked on the way (see write_tags)."""
+
+    @abstractmethod
+    def _with_snapshot(self, keys: list[str], shard: str) -> list[str]:
+        """The keys of a connect or end script, given the call log shard to record to."""
+
+    @abstractmethod
+    async def _record(self, shard: str, call_json: bytes) -> None:
+        """Queue a call snapshot for the call records in Postgres (see workers/), unless
+        the script did."""
+
+    # -- the commands ----------------------------------------------------------------------
 
     async def append_log(self, entry: bytes) -> None:
         """Add a postback log entry whose outcome is already in it (a rejected request)."""
-        await self._command("XADD", next(self._log_shards), "*", ENTRY_FIELD, entry)
+        await self._queue("XADD", next(self._log_shards), "*", ENTRY_FIELD, entry)
 
     async def write_tags(
         self,
@@ -233,21 +257,6 @@ class Store:
         """
         now = now_ms() if at_ms is None else at_ms
         keys = [self.keys.pending(caller), self.keys.calls(caller)]
-        log_shard = next(self._log_shards) if log_entry is not None else None
-        bucket = self.keys.rate_bucket(key_id) if rate is not None else None
-        if self.cluster:  # the script gets the caller's keys only: they share one slot
-            if rate is not None and bucket is not None:
-                left = await self._eval(
-                    self._ratelimit, [bucket], [now, rate.per_second, rate.burst]
-                )
-                if left < 0:
-                    if log_shard is not None and log_entry is not None:
-                        await self._log_outcome(log_shard, log_entry, -2, None)
-                    raise RateLimited(-left, rate.per_second, rate.burst)
-        elif log_shard is not None:
-            keys.append(log_shard)
-            if bucket is not None:
-                keys.append(bucket)
         args: list[str | int | float | bytes] = [
             now,
             cutoff_seconds * SECOND_MS,
@@ -256,14 +265,13 @@ class Store:
             call_uuid,
             rate.per_second if rate is not None else 0,
             rate.burst if rate is not None else 0,
-            log_entry if log_entry is not None and not self.cluster else b"",
+            b"",
         ]
         for name, value in tags.items():
             args.append(name)
             args.append(encode_tag(value, publisher_id, key_id, now))
-        code, detail, *call_json = await self._eval(self._postback, keys, args)
-        if self.cluster and log_shard is not None and log_entry is not None:
-            await self._log_outcome(log_shard, log_entry, code, call_json[0] if call_json else None)
+        bucket = (self.keys.rate_bucket(key_id), rate) if rate is not None else None
+        code, detail, *_ = await self._write_postback(keys, args, log_entry, bucket)
         if code == -2:
             assert rate is not None
             raise RateLimited(int(detail), rate.per_second, rate.burst)
@@ -271,23 +279,11 @@ class Store:
             raise CallNotFound(call_uuid)
         if code == 0:
             return PostbackResult(STATUS_STORED, expires_at_ms=int(detail))
-        return PostbackResult(
-            _POSTBACK_STATUS[code],
-            call_uuid=detail.decode(),
-            call_json=call_json[0] if call_json else None,
-        )
-
-    async def _log_outcome(
-        self, shard: str, entry: bytes, code: int, call_json: bytes | None
-    ) -> None:
-        fields: list[Any] = [ENTRY_FIELD, entry, OUTCOME_FIELD, code]
-        if call_json is not None:
-            fields += [CALL_FIELD, call_json]
-        await self._command("XADD", shard, "*", *fields)
+        return PostbackResult(_POSTBACK_STATUS[code], call_uuid=detail.decode())
 
     async def count_failure(self, address: str, window_ms: int) -> tuple[int, int]:
         """Count a failed key attempt from `address`; (attempts in the window, ms left)."""
-        count, left = await self._eval(self._fail, [self.keys.failures(address)], [window_ms])
+        count, left = await self._queue_eval(self._fail, [self.keys.failures(address)], [window_ms])
         return int(count), int(left)
 
     async def connect(
@@ -299,28 +295,25 @@ class Store:
         campaign: str | None = None,
     ) -> tuple[Call, bool]:
         """Start a live call claiming the caller's pending tags; (call, created)."""
-        keys = [self.keys.pending(caller), self.keys.calls(caller)]
-        snapshot_shard = next(self._snapshot_shards)
-        if not self.cluster:
-            keys.append(snapshot_shard)
+        shard = next(self._snapshot_shards)
+        keys = self._with_snapshot([self.keys.pending(caller), self.keys.calls(caller)], shard)
         args = [call_uuid, now_ms(), self.call_ttl_ms, caller, publisher_id or "", campaign or ""]
         _, (code, raw) = await self._together(
             self._queue("SET", self.keys.call_index(call_uuid), caller, "PX", self.call_ttl_ms),
             self._queue_eval(self._connect, keys, args),
         )
-        if self.cluster:
-            await self._record(snapshot_shard, raw)
+        await self._record(shard, raw)
         return decode_call(raw), code == 0
 
     async def caller_of(self, call_uuid: str) -> str | None:
-        raw = await self._command("GET", self.keys.call_index(call_uuid))
+        raw = await self._queue("GET", self.keys.call_index(call_uuid))
         return raw.decode() if raw is not None else None
 
     async def get_call(self, call_uuid: str) -> Call:
         caller = await self.caller_of(call_uuid)
         if caller is None:
             raise CallNotFound(call_uuid)
-        raw = await self._command("HGET", self.keys.calls(caller), call_uuid)
+        raw = await self._queue("HGET", self.keys.calls(caller), call_uuid)
         if raw is None:
             raise CallNotFound(call_uuid)
         return decode_call(raw)
@@ -330,21 +323,121 @@ class Store:
         caller = await self.caller_of(call_uuid)
         if caller is None:
             raise CallNotFound(call_uuid)
-        keys = [self.keys.calls(caller)]
-        snapshot_shard = next(self._snapshot_shards)
-        if not self.cluster:
-            keys.append(snapshot_shard)
+        shard = next(self._snapshot_shards)
+        keys = self._with_snapshot([self.keys.calls(caller)], shard)
         (code, raw), _ = await self._together(
             self._queue_eval(self._end, keys, [call_uuid, now_ms(), self.call_ttl_ms]),
             self._queue("PEXPIRE", self.keys.call_index(call_uuid), self.call_ttl_ms),
         )
         if code < 0:
             raise CallNotFound(call_uuid)
-        if self.cluster:
-            await self._record(snapshot_shard, raw)
+        await self._record(shard, raw)
         return decode_call(raw), code == 0
 
+
+class NodeStore(Store):
+    """On one Redis node (a `Redis` client), commands issued in the same event-loop turn
+    travel together (AutoPipeline), and every key is in reach of every script: a
+    postback's rate limit and log append happen inside its script, and a call's
+    snapshot is appended by the connect and end scripts."""
+
+    def __init__(self, redis: Redis, keys: KeySpace, call_ttl_seconds: int):
+        super().__init__(redis, keys, call_ttl_seconds)
+        self._pipe = AutoPipeline(redis, [self._postback, self._connect, self._end, self._fail])
+
+    def _queue_eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        # A future, so that several can be awaited together without tasks.
+        return self._pipe.evalsha(script, keys, args)
+
+    def _queue(self, *args: Any) -> Awaitable[Any]:
+        return self._pipe.execute(*args)
+
+    async def _together(self, *replies: Awaitable[Any]) -> list[Any]:
+        # Futures already on their way in one batch: awaited in turn, without the tasks
+        # and callbacks of `asyncio.gather`.
+        try:
+            return [await reply for reply in replies]
+        except REDIS_ERRORS:
+            for reply in replies:  # a batch's futures end together: take their errors too
+                if isinstance(reply, asyncio.Future) and reply.done() and not reply.cancelled():
+                    reply.exception()
+            raise
+
+    def _write_postback(
+        self, keys: list[str], args: list[Any], entry: bytes | None, bucket: _Bucket | None
+    ) -> Awaitable[list[Any]]:
+        if entry is not None:  # KEYS[4], the bucket, only after KEYS[3], the log shard
+            keys.append(next(self._log_shards))
+            args[_ARG_LOG_ENTRY] = entry
+            if bucket is not None:
+                keys.append(bucket[0])
+        return self._pipe.evalsha(self._postback, keys, args)
+
+    def _with_snapshot(self, keys: list[str], shard: str) -> list[str]:
+        keys.append(shard)
+        return keys
+
     async def _record(self, shard: str, call_json: bytes) -> None:
-        """Queue a call snapshot for the call records in Postgres (see workers/); on a
-        single node the scripts do this themselves."""
-        await self._command("XADD", shard, "*", SNAPSHOT_FIELD, call_json)
+        pass  # the script appended the snapshot
+
+
+class ClusterStore(Store):
+    """On Redis Cluster (a `RedisCluster` client) a script may touch one slot only: the
+    caller's. The key's token bucket, the postback log and the call log live in other
+    slots, so the rate limit (ratelimit-1.lua), the log entry and the call snapshot are
+    commands of their own around the caller's script."""
+
+    def __init__(self, redis: RedisCluster, keys: KeySpace, call_ttl_seconds: int):
+        super().__init__(redis, keys, call_ttl_seconds)
+        self._ratelimit = scripts.register(redis, "ratelimit-1.lua")
+
+    def _queue_eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        reply: Awaitable[Any] = script(keys=keys, args=args)
+        return reply
+
+    def _queue(self, *args: Any) -> Awaitable[Any]:
+        reply: Awaitable[Any] = self.redis.execute_command(*args)
+        return reply
+
+    async def _together(self, *replies: Awaitable[Any]) -> list[Any]:
+        return await asyncio.gather(*replies)
+
+    async def _write_postback(
+        self, keys: list[str], args: list[Any], entry: bytes | None, bucket: _Bucket | None
+    ) -> list[Any]:
+        logged = (next(self._log_shards), entry) if entry is not None else None
+        if bucket is not None:
+            name, rate = bucket
+            limit = [args[_ARG_NOW], rate.per_second, rate.burst]
+            left = await self._ratelimit(keys=[name], args=limit)
+            if left < 0:  # answered as the postback script answers a refusal
+                if logged is not None:
+                    await self._log_outcome(*logged, -2, None)
+                return [-2, -left]
+        reply: list[Any] = await self._postback(keys=keys, args=args)
+        if logged is not None:
+            code, _, *call_json = reply
+            await self._log_outcome(*logged, code, call_json[0] if call_json else None)
+        return reply
+
+    async def _log_outcome(
+        self, shard: str, entry: bytes, code: int, call_json: bytes | None
+    ) -> None:
+        """The log entry with the outcome, as postback-4.lua appends it on one node."""
+        fields: list[Any] = [ENTRY_FIELD, entry, OUTCOME_FIELD, code]
+        if call_json is not None:
+            fields += [CALL_FIELD, call_json]
+        await self._queue("XADD", shard, "*", *fields)
+
+    def _with_snapshot(self, keys: list[str], shard: str) -> list[str]:
+        return keys
+
+    async def _record(self, shard: str, call_json: bytes) -> None:
+        await self._queue("XADD", shard, "*", SNAPSHOT_FIELD, call_json)
+
+
+def open_store(redis: RedisClient, keys: KeySpace, call_ttl_seconds: int) -> Store:
+    """The store for the client: a cluster client's is a ClusterStore."""
+    if isinstance(redis, RedisCluster):
+        return ClusterStore(redis, keys, call_ttl_seconds)
+    return NodeStore(redis, keys, call_ttl_seconds)

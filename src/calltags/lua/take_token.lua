@@ -1,4 +1,4 @@
--- Included by scripts that rate-limit (see store._load_script): a token bucket in a hash
+-- Included by scripts that rate-limit (see scripts.py): a token bucket in a hash
 -- {t = tokens, u = updated_ms}, refilled at `rate` tokens a second up to `burst`.
 -- Returns remaining tokens (>= 0) when one was taken, or -wait_ms when the bucket is empty.
 local function take_token(bucket, now_ms, rate, burst)
