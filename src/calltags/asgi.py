@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
 from calltags.errors import ApiError
-from calltags.http import MAX_BODY_BYTES, collect_body, parse_object
+from calltags.http import MAX_BODY_BYTES, collect_body
 
 _JSON = (b"content-type", b"application/json")
 
@@ -52,11 +51,6 @@ class Incoming:
             yield message.get("body", b"")
             if not message.get("more_body", False):
                 return
-
-    async def json_object(self) -> dict[str, Any]:
-        """The body as a JSON object ({} when empty), or ApiError 400 `invalid_body`."""
-        body = await self.body()
-        return parse_object(body) if body.strip() else {}
 
 
 async def send_json(

@@ -57,6 +57,11 @@ OPERATIONS: tuple[Operation, ...] = tuple(
 )
 
 
+def _under(path: str, prefix: str) -> bool:
+    """`path` is `prefix` or below it (/calls, /calls/x; not /callsx)."""
+    return path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/")
+
+
 class Role(enum.Enum):
     WEB = "web"  # every API
     ROUTING = "routing"  # the routing API and /healthz
@@ -95,13 +100,10 @@ class Front:
         return [op for op in OPERATIONS if op.api in (Api.ROUTING, Api.FRONT)]
 
     def _app(self, path: str) -> ASGIApp | None:
-        if path.startswith(_PUBLISHER_PREFIX) and path[
-            len(_PUBLISHER_PREFIX) : len(_PUBLISHER_PREFIX) + 1
-        ] in ("", "/"):
+        """The app serving `path`; None: this front serves no such path."""
+        if _under(path, _PUBLISHER_PREFIX):
             return self.publisher
-        if path.startswith(_ROUTING_PREFIX) and path[
-            len(_ROUTING_PREFIX) : len(_ROUTING_PREFIX) + 1
-        ] in ("", "/"):
+        if _under(path, _ROUTING_PREFIX):
             return self.routing
         if path == "/healthz":
             return self._healthz
