@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -52,6 +53,46 @@ def _say(text: str, *, error: bool = False) -> None:
     # The terminal may be gone (SIGHUP): that must not cut the stop short.
     with contextlib.suppress(OSError):
         print(text, file=sys.stderr if error else sys.stdout, flush=True)
+
+
+@contextlib.contextmanager
+def _foreground_job() -> Iterator[None]:
+    """Run as the terminal's foreground job of its own when sharing one with the parent.
+
+    Under `make run` (or a shell script) a Ctrl-C also reaches make, and make, however
+    cleanly its recipe then ends, waits for it and exits interrupted (130). In a process
+    group of its own that holds the terminal, this process alone gets Ctrl-C, and make
+    the zero exit it ends with.
+    """
+    try:
+        parent_group = os.getpgrp()
+        shared = os.isatty(0) and os.tcgetpgrp(0) == parent_group != os.getpid()
+    except OSError:
+        shared = False
+    if not shared:
+        yield
+        return
+    os.setpgid(0, 0)
+    _give_terminal(os.getpgrp())
+    # Ctrl-Z would stop this group alone, and `fg` continue make alone: it does nothing.
+    # A handler, not SIG_IGN, which the children would inherit.
+    previous = signal.signal(signal.SIGTSTP, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTSTP, previous)
+        with contextlib.suppress(OSError):
+            if os.tcgetpgrp(0) == os.getpgrp():
+                _give_terminal(parent_group)
+
+
+def _give_terminal(group: int) -> None:
+    # From a background group, tcsetpgrp gets SIGTTOU, which would stop the process.
+    previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        os.tcsetpgrp(0, group)
+    finally:
+        signal.signal(signal.SIGTTOU, previous)
 
 
 def _admin_token(settings: Settings, data_dir: Path) -> tuple[str, bool]:
@@ -181,11 +222,12 @@ def _serve(settings: Settings, signals: _Signals, stack: contextlib.ExitStack) -
 
 def run(settings: Settings) -> None:
     signals = _Signals()
-    with contextlib.ExitStack() as stack:
-        failure = _serve(settings, signals, stack)
-        if failure:
-            _say(f"calltags run: {failure}", error=True)
-    # Web and worker, run.env, then the stores have stopped, in that order.
-    _say("stopped")
+    with _foreground_job():
+        with contextlib.ExitStack() as stack:
+            failure = _serve(settings, signals, stack)
+            if failure:
+                _say(f"calltags run: {failure}", error=True)
+        # Web and worker, run.env, then the stores have stopped, in that order.
+        _say("stopped")
     if failure:
         raise SystemExit(1)
