@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -56,13 +56,16 @@ def _say(text: str, *, error: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def _foreground_job() -> Iterator[None]:
-    """Run as the terminal's foreground job of its own when sharing one with the parent.
+def _foreground_job() -> Iterator[Callable[[], bool]]:
+    """Run as the terminal's foreground job of its own when sharing one with the parent;
+    yields a test of whether the terminal is lost.
 
     Under `make run` (or a shell script) a Ctrl-C also reaches make, and make, however
     cleanly its recipe then ends, waits for it and exits interrupted (130). In a process
     group of its own that holds the terminal, this process alone gets Ctrl-C, and make
-    the zero exit it ends with.
+    the zero exit it ends with. It then misses what the shell sends make's group alone:
+    the SIGHUP of a closed terminal window. The test stands in for it: the terminal hung
+    up, or taken back by the shell (make was killed).
     """
     try:
         parent_group = os.getpgrp()
@@ -70,19 +73,27 @@ def _foreground_job() -> Iterator[None]:
     except OSError:
         shared = False
     if not shared:
-        yield
+        yield lambda: False
         return
     os.setpgid(0, 0)
-    _give_terminal(os.getpgrp())
+    own_group = os.getpgrp()
+    _give_terminal(own_group)
+
+    def lost() -> bool:
+        try:
+            return os.tcgetpgrp(0) != own_group
+        except OSError:  # hung up
+            return True
+
     # Ctrl-Z would stop this group alone, and `fg` continue make alone: it does nothing.
     # A handler, not SIG_IGN, which the children would inherit.
     previous = signal.signal(signal.SIGTSTP, lambda signum, frame: None)
     try:
-        yield
+        yield lost
     finally:
         signal.signal(signal.SIGTSTP, previous)
         with contextlib.suppress(OSError):
-            if os.tcgetpgrp(0) == os.getpgrp():
+            if not lost():
                 _give_terminal(parent_group)
 
 
@@ -123,10 +134,13 @@ def _spawn(
 
 
 def _watch(
-    processes: dict[str, subprocess.Popen[bytes]], stores: Stores | None, signals: _Signals
+    processes: dict[str, subprocess.Popen[bytes]],
+    stores: Stores | None,
+    signals: _Signals,
+    terminal_lost: Callable[[], bool],
 ) -> str | None:
     """Wait for a stop signal, or for a process to end on its own: which one, if one did."""
-    while not signals.count:
+    while not signals.count and not terminal_lost():
         for name, proc in processes.items():
             if proc.poll() is not None:
                 return f"{name} stopped (exit status {proc.returncode})"
@@ -156,7 +170,12 @@ def _stop(processes: dict[str, subprocess.Popen[bytes]], signals: _Signals) -> N
         time.sleep(POLL)
 
 
-def _serve(settings: Settings, signals: _Signals, stack: contextlib.ExitStack) -> str | None:
+def _serve(
+    settings: Settings,
+    signals: _Signals,
+    terminal_lost: Callable[[], bool],
+    stack: contextlib.ExitStack,
+) -> str | None:
     """Start everything, each stop put on `stack`, and wait; what failed, if anything."""
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -217,14 +236,14 @@ def _serve(settings: Settings, signals: _Signals, stack: contextlib.ExitStack) -
         "\n  .venv/bin/calltags key create --publisher 1 --name main"
         "\nCtrl-C stops everything.\n"
     )
-    return _watch(processes, stores, signals)
+    return _watch(processes, stores, signals, terminal_lost)
 
 
 def run(settings: Settings) -> None:
     signals = _Signals()
-    with _foreground_job():
+    with _foreground_job() as terminal_lost:
         with contextlib.ExitStack() as stack:
-            failure = _serve(settings, signals, stack)
+            failure = _serve(settings, signals, terminal_lost, stack)
             if failure:
                 _say(f"calltags run: {failure}", error=True)
         # Web and worker, run.env, then the stores have stopped, in that order.
