@@ -12,6 +12,7 @@ import json
 import os
 import pty
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -149,6 +150,10 @@ def assert_clean_stop(run: Run, status: int | None) -> None:
     assert not re.search(r"\w*Error\b", output), output
     # The last line: everything else, the worker's last log line too, came before.
     assert output.rstrip().endswith("stopped"), output
+    assert_all_stopped(run)
+
+
+def assert_all_stopped(run: Run) -> None:
     alive = [p for p in run.started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"left running: {alive}"
     assert not [p for p in _ours(run.data_dir) if p.status() != psutil.STATUS_ZOMBIE]
@@ -238,46 +243,92 @@ def _make_command() -> list[str] | None:
     return [make, "run", f"BIN={bin_dir}"]
 
 
-@pytest.mark.skipif(_make_command() is None, reason="needs make and the calltags script")
+needs_make = pytest.mark.skipif(_make_command() is None, reason="needs make, calltags script")
+
+
+class Terminal:
+    """`make run` typed in a terminal: make leads a session on a pseudo-terminal."""
+
+    def __init__(self, data_dir: Path, command: list[str]) -> None:
+        stamp = data_dir.parent / "installed"  # newer than pyproject.toml: no pip install
+        stamp.touch()
+        port = free_port()
+        env = _env(data_dir, port)
+        valkey_log_from = _log_size(data_dir)
+        pid, self.fd = pty.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os.chdir(ROOT)
+            os.execve(command[0], [*command, f"STAMP={stamp}"], env)
+        self.chunks: list[bytes] = []
+        self.closed = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.run = Run(pid, port, data_dir, self.output, [], valkey_log_from)
+        self.status: int | None = None
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError):  # EIO once the terminal's last user is gone
+            while not self.closed.is_set():
+                if select.select([self.fd], [], [], 0.1)[0]:
+                    if not (chunk := os.read(self.fd, 65536)):
+                        return
+                    self.chunks.append(chunk)
+
+    def output(self) -> str:
+        return b"".join(self.chunks).decode(errors="replace").replace("\r\n", "\n")
+
+    def ended(self) -> bool:
+        if self.status is None:
+            pid, status = os.waitpid(self.run.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(status)
+        return self.status is not None
+
+    def wait(self) -> int | None:
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while not self.ended():
+            assert time.monotonic() < deadline, self.output()
+            time.sleep(0.1)
+        return self.status
+
+    def close(self) -> None:
+        """The terminal window closes: the terminal hangs up."""
+        if not self.closed.is_set():
+            self.closed.set()
+            self.reader.join()
+            os.close(self.fd)
+
+
+@contextlib.contextmanager
+def make_run_in_a_terminal(data_dir: Path) -> Iterator[Terminal]:
+    command = _make_command()
+    assert command is not None
+    terminal = Terminal(data_dir, command)
+    try:
+        _wait_up(terminal.run, lambda: not terminal.ended())
+        yield terminal
+    finally:
+        _kill_all(terminal.run)
+        terminal.close()
+        with contextlib.suppress(ChildProcessError):
+            terminal.wait()
+
+
+@needs_make
 def test_make_run_in_a_terminal_exits_zero_on_ctrl_c(data_dir: Path) -> None:
     """make gets a terminal's Ctrl-C too; interrupted, it would exit 130 however clean
     the stop. `calltags run` takes the terminal's foreground from it."""
-    command = _make_command()
-    assert command is not None
-    stamp = data_dir.parent / "installed"  # newer than pyproject.toml: no pip install
-    stamp.touch()
-    port = free_port()
-    env = _env(data_dir, port)
-    valkey_log_from = _log_size(data_dir)
-    pid, terminal = pty.fork()  # make leads a session whose terminal is `terminal`
-    if pid == 0:  # pragma: no cover - the child
-        os.chdir(ROOT)
-        os.execve(command[0], [*command, f"STAMP={stamp}"], env)
-    chunks: list[bytes] = []
+    with make_run_in_a_terminal(data_dir) as terminal:
+        os.write(terminal.fd, b"\x03")  # Ctrl-C, typed
+        status = terminal.wait()
+        terminal.close()  # all read
+    assert "make: ***" not in terminal.output()
+    assert_clean_stop(terminal.run, status)
 
-    def read() -> None:
-        with contextlib.suppress(OSError):  # EIO once the terminal's last user is gone
-            while chunk := os.read(terminal, 65536):
-                chunks.append(chunk)
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-
-    def output() -> str:
-        return b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
-
-    run = Run(pid, port, data_dir, output, [], valkey_log_from)
-    try:
-        _wait_up(run, lambda: os.waitpid(pid, os.WNOHANG) == (0, 0))
-        os.write(terminal, b"\x03")  # Ctrl-C, typed
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0):
-            assert time.monotonic() < deadline, output()
-            time.sleep(0.1)
-        status = os.waitstatus_to_exitcode(done[1])
-        reader.join(5)
-    finally:
-        _kill_all(run)
-        os.close(terminal)
-    assert "make: ***" not in output()
-    assert_clean_stop(run, status)
+@needs_make
+def test_closing_the_terminal_stops_everything(data_dir: Path) -> None:
+    with make_run_in_a_terminal(data_dir) as terminal:
+        terminal.close()
+        terminal.wait()  # make, hung up, waits for calltags run
+    assert_all_stopped(terminal.run)
