@@ -15,20 +15,31 @@ _PUNCTUATION = str.maketrans("", "", " ()-./\t")
 
 def parse(raw: str, region: str) -> str | None:
     """The E.164 form of `raw` as phonenumbers gives it, or None: no cache."""
+    return _parse(raw, region)[0]
+
+
+def _parse(raw: str, region: str) -> tuple[str | None, bool]:
+    """(E.164 or None, whether the E.164 text surely parses to itself). It may not when
+    the national number begins with 0 or 1: phonenumbers then takes those digits after
+    the country code for a national prefix ("+49 0…", "+61 0…") and drops them. A search
+    over every region found no other case."""
     try:
         number = phonenumbers.parse(raw, region)
     except phonenumbers.NumberParseException:
-        return None
+        return None, False
     if not phonenumbers.is_possible_number(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        return None, False
+    national = phonenumbers.national_significant_number(number)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return e164, national[:1] not in ("0", "1")
 
 
 class _Cache:
     """Parsed numbers, least recently used dropped first. A parse also files its result
-    under the E.164 text itself (which parses to itself in every region), so that once
+    under the E.164 text itself, when that parses to itself (see `_parse`), so that once
     a caller has been seen in any format, E.164 input of that caller, as routing sends
-    at connect, is a hit: parsing costs ~20 µs, a hit well under 1 µs."""
+    at connect, is a hit: parsing costs ~20 µs, a hit well under 1 µs. A hit gives what
+    a fresh parse would, so every process normalizes a number alike."""
 
     def __init__(self, size: int):
         self.size = size
@@ -41,9 +52,9 @@ class _Cache:
             e164 = found.pop(key)  # to the young end
             found[key] = e164
             return e164
-        e164 = parse(value, region)
+        e164, stable = _parse(value, region)
         self._put(key, e164)
-        if e164 is not None and e164 != value:
+        if e164 is not None and e164 != value and (stable or parse(e164, region) == e164):
             self._put((e164, region), e164)
         return e164
 
