@@ -85,6 +85,15 @@ def _pinned(cpu: str, command: list[str]) -> list[str]:
 def server(
     command: list[str], port: int, env: dict[str, str], cpus: str = SERVER_CPU
 ) -> Iterator[str]:
+    with server_process(command, port, env, cpus) as (base, _):
+        yield base
+
+
+@contextlib.contextmanager
+def server_process(
+    command: list[str], port: int, env: dict[str, str], cpus: str = SERVER_CPU
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`server`, also handing out the process (bench/flood.py reads its CPU time)."""
     proc = subprocess.Popen(_pinned(cpus, command), env=env, cwd=HERE.parent)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -98,7 +107,7 @@ def server(
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"server did not start: {command}")
             time.sleep(0.2)
-        yield base
+        yield base, proc
     finally:
         proc.terminate()
         proc.wait(timeout=10)
