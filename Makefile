@@ -19,7 +19,8 @@ run: $(STAMP)
 # The tests that exercise Redis, run a second time on a local 3-master Redis Cluster
 # that the fixtures start and stop (tests/cluster.py).
 CLUSTER_TESTS := $(addprefix tests/test_,postbacks.py calls.py concurrency.py \
-	key_security.py admin.py log.py log_listings.py worker.py scaleout_store.py scaleout.py)
+	key_security.py admin.py log.py log_listings.py worker.py scaleout_store.py scaleout.py \
+	procfile.py)
 
 test: $(STAMP)  # on a single Redis node, then on Redis Cluster
 	$(BIN)/pytest tests
