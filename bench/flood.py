@@ -10,10 +10,12 @@ connections flood postbacks (bench/postback.lua) into the web process, for routi
 
 Each process is started from its Procfile line by the shell, as a platform does, with
 $PORT and WEB_CONCURRENCY=1 in its environment and CALLTAGS_RATE_LIMIT=0 (the flood is
-writes, not 429s). Rounds alternate the arrangements (in a rotating order); each is
-compared with `same` under the flood of the same round, and the bench reports the
-median of those ratios over rounds. Stores, key, wrk and pinning come from bench/run.py;
-results are printed and saved as JSON in bench/results/.
+writes, not 429s). The flood runs flat out, or with --flood-rate N at most N postbacks
+a second (bench/pacing.lua): the same flood in every arrangement. Rounds alternate the
+arrangements (in a rotating order); each is compared with `same` under the flood of the
+same round, and the bench reports the median of those ratios over rounds. Stores, key,
+wrk and pinning come from bench/run.py; results are printed and saved as JSON in
+bench/results/.
 """
 
 from __future__ import annotations
@@ -140,7 +142,10 @@ def measure(
         flood = None
         if flood_base is not None:
             length = round(args.seconds + 2 * LEAD)
-            flood = pool.submit(wrk, flood_base, "postback.lua", length, args.flood, env)
+            paced = dict(env, FLOOD_RATE=str(args.flood_rate))
+            flood = pool.submit(
+                wrk, flood_base, "postback.lua", length, args.flood, paced, ("pacing.lua",)
+            )
             time.sleep(LEAD)
         before = {name: cpu_seconds(proc.pid) for name, proc in processes.items()}
         before["machine"] = machine_cpu_seconds()
@@ -247,6 +252,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8, help="length of each connect run")
     parser.add_argument("--connections", type=int, default=2, help="routing's connections")
     parser.add_argument("--flood", type=int, default=64, help="the flood's connections")
+    parser.add_argument(
+        "--flood-rate",
+        type=int,
+        default=0,
+        help="at most this many postbacks a second in all (bench/pacing.lua); 0: flat out",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--callers", type=int, default=100_000, help="caller pool size")
     args = parser.parse_args()

@@ -114,10 +114,17 @@ def server_process(
 
 
 def wrk(
-    base: str, script: str, seconds: int, connections: int, env: dict[str, str]
+    base: str,
+    script: str,
+    seconds: int,
+    connections: int,
+    env: dict[str, str],
+    also: tuple[str, ...] = (),
 ) -> dict[str, Any]:
+    """One wrk run of `script` (plus the scripts `also`, e.g. pacing.lua) on LOAD_CPU."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as combined:
-        combined.write((HERE / script).read_text() if script else "")
+        for name in (script, *also):
+            combined.write((HERE / name).read_text() + "\n" if name else "")
         combined.write((HERE / "summary.lua").read_text())
     try:
         out = subprocess.run(
