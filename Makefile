@@ -20,7 +20,7 @@ run: $(STAMP)
 # that the fixtures start and stop (tests/cluster.py).
 CLUSTER_TESTS := $(addprefix tests/test_,postbacks.py calls.py concurrency.py \
 	key_security.py admin.py log.py log_listings.py worker.py scaleout_store.py scaleout.py \
-	front.py store.py)
+	front.py store.py procfile.py)
 
 test: $(STAMP)  # on a single Redis node, then on Redis Cluster
 	$(BIN)/pytest tests
@@ -47,12 +47,15 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	touch $(BENCH_STAMP)
 
-.PHONY: bench bench-locust bench-flush
+.PHONY: bench bench-locust bench-flush bench-flood
 bench: $(STAMP)  # side-by-side peak measurement with wrk; see bench/README.md
 	$(BIN)/python -m bench.run
 
 bench-flush: $(STAMP)  # one worker's flush throughput (rows/s) and lag; see bench/README.md
 	$(BIN)/python -m bench.flush_bench
+
+bench-flood: $(STAMP)  # routing's connects while postbacks flood the web process; see bench/README.md
+	$(BIN)/python -m bench.flood
 
 bench-locust: $(BENCH_STAMP)  # realistic mixed load for a fixed time, reports in bench/results/
 	$(BIN)/python -m bench.locust_run

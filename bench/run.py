@@ -85,6 +85,15 @@ def _pinned(cpu: str, command: list[str]) -> list[str]:
 def server(
     command: list[str], port: int, env: dict[str, str], cpus: str = SERVER_CPU
 ) -> Iterator[str]:
+    with server_process(command, port, env, cpus) as (base, _):
+        yield base
+
+
+@contextlib.contextmanager
+def server_process(
+    command: list[str], port: int, env: dict[str, str], cpus: str = SERVER_CPU
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`server`, also handing out the process (bench/flood.py reads its CPU time)."""
     proc = subprocess.Popen(_pinned(cpus, command), env=env, cwd=HERE.parent)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -98,17 +107,24 @@ def server(
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"server did not start: {command}")
             time.sleep(0.2)
-        yield base
+        yield base, proc
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
 def wrk(
-    base: str, script: str, seconds: int, connections: int, env: dict[str, str]
+    base: str,
+    script: str,
+    seconds: int,
+    connections: int,
+    env: dict[str, str],
+    also: tuple[str, ...] = (),
 ) -> dict[str, Any]:
+    """One wrk run of `script` (plus the scripts `also`, e.g. pacing.lua) on LOAD_CPU."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as combined:
-        combined.write((HERE / script).read_text() if script else "")
+        for name in (script, *also):
+            combined.write((HERE / name).read_text() + "\n" if name else "")
         combined.write((HERE / "summary.lua").read_text())
     try:
         out = subprocess.run(
