@@ -7,11 +7,14 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -235,3 +238,41 @@ def serve(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: where processes start
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]]:
+    """Started processes, (name, process); each gets SIGTERM at the end, then SIGKILL."""
+    started: list[tuple[str, subprocess.Popen[bytes]]] = []
+    try:
+        yield started
+    finally:
+        for _, proc in started:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _, proc in started:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def start_process(
+    started: list[tuple[str, subprocess.Popen[bytes]]],
+    folder: Path,
+    name: str,
+    command: list[str],
+    env: dict[str, str],
+) -> subprocess.Popen[bytes]:
+    with (folder / f"{name}.log").open("wb") as output:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    started.append((name, proc))
+    return proc
+
+
+def process_output(folder: Path, name: str) -> str:
+    return (folder / f"{name}.log").read_text(errors="replace")

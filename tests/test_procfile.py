@@ -14,10 +14,19 @@ from pathlib import Path
 
 import httpx
 from conftest import ADMIN, ADMIN_TOKEN, ROUTING, ROUTING_TOKEN, Keys, fresh_caller
-from logtools import eventually, free_port, own_prefix, process_env
-from test_scaleout import ROOT, STORED, _output, _processes, _start
+from logtools import (
+    ROOT,
+    eventually,
+    free_port,
+    own_prefix,
+    process_env,
+    process_output,
+    processes,
+    start_process,
+)
 
 from calltags.config import Settings
+from calltags.store import STATUS_STORED
 
 PROCESSES = ("web", "routing")
 TOKENS = {"CALLTAGS_ADMIN_TOKEN": ADMIN_TOKEN, "CALLTAGS_ROUTING_TOKEN": ROUTING_TOKEN}
@@ -48,13 +57,13 @@ async def test_web_and_routing_processes_from_the_procfile(
     mine = own_prefix(settings, "procfile")
     # The shutdown lines checked below are uvicorn's info lines.
     env = process_env(mine, redis_url, queue_url, database_url, **TOKENS, UVICORN_LOG_LEVEL="info")
-    with _processes() as started:
+    with processes() as started:
         bases: dict[str, str] = {}
         for kind in PROCESSES:
             port = free_port()
             # `exec`: the shell becomes uvicorn, which gets the SIGTERM.
             command = ["sh", "-c", f"exec {commands[kind]}"]
-            _start(started, tmp_path, kind, command, env | _platform(port))
+            start_process(started, tmp_path, kind, command, env | _platform(port))
             bases[kind] = f"http://127.0.0.1:{port}"
         async with (
             httpx.AsyncClient(base_url=bases["web"], timeout=10) as web,
@@ -69,10 +78,12 @@ async def test_web_and_routing_processes_from_the_procfile(
             try:
                 code = proc.wait(timeout=15)
             except subprocess.TimeoutExpired as exc:
-                raise AssertionError(f"{kind} ignored SIGTERM:\n{_output(tmp_path, kind)}") from exc
+                raise AssertionError(
+                    f"{kind} ignored SIGTERM:\n{process_output(tmp_path, kind)}"
+                ) from exc
             # uvicorn shuts down, then raises the signal it caught again: a clean stop
             # exits by SIGTERM, after the app's lifespan shutdown completed.
-            output = _output(tmp_path, kind)
+            output = process_output(tmp_path, kind)
             assert code == -signal.SIGTERM, f"{kind} exited {code}:\n{output}"
             assert "Application shutdown complete" in output, output
             assert "Traceback" not in output, output
@@ -85,7 +96,7 @@ async def _wait_until_up(
 ) -> None:
     async def up() -> bool:
         for kind, proc in started:
-            assert proc.poll() is None, f"{kind} stopped:\n{_output(folder, kind)}"
+            assert proc.poll() is None, f"{kind} stopped:\n{process_output(folder, kind)}"
         try:
             return all([(await c.get("/healthz")).status_code == 200 for c in clients])
         except httpx.TransportError:
@@ -101,7 +112,7 @@ async def _drive(web: httpx.AsyncClient, routing: httpx.AsyncClient) -> None:
         "/data_writing", params={"key": key["key"], "caller_number": caller, "utm_source": "pf"}
     )
     assert posted.status_code == 200, posted.text
-    assert posted.json()["status"] == STORED
+    assert posted.json()["status"] == STATUS_STORED
 
     connected = await routing.post("/calls", json={"caller_number": caller}, headers=ROUTING)
     assert connected.status_code == 201, connected.text

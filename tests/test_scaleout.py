@@ -20,7 +20,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,15 @@ from logtools import (
     keyspace,
     own_prefix,
     process_env,
+    process_output,
+    processes,
+    start_process,
     stream_lengths,
 )
 
 from calltags.config import Settings
 from calltags.store import RedisClient
 
-ROOT = Path(__file__).resolve().parent.parent
 WEB_PROCESSES = 2
 WORKERS = 2
 CALLERS = 40
@@ -50,41 +52,6 @@ CONNECTS_PER_CALLER = 3  # racing the posts
 REJECTED_PER_CALLER = 1  # a 422, logged like the others
 STORED = "call not found, tags stored"
 LIVE = "call in progress, tags applied"
-
-
-@contextlib.contextmanager
-def _processes() -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]]:
-    """Started processes, (name, process); each gets SIGTERM at the end, then SIGKILL."""
-    started: list[tuple[str, subprocess.Popen[bytes]]] = []
-    try:
-        yield started
-    finally:
-        for _, proc in started:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for _, proc in started:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _start(
-    started: list[tuple[str, subprocess.Popen[bytes]]],
-    folder: Path,
-    name: str,
-    command: list[str],
-    env: dict[str, str],
-) -> subprocess.Popen[bytes]:
-    with (folder / f"{name}.log").open("wb") as output:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
-    started.append((name, proc))
-    return proc
-
-
-def _output(folder: Path, name: str) -> str:
-    return (folder / f"{name}.log").read_text(errors="replace")
 
 
 @contextlib.asynccontextmanager
@@ -124,16 +91,16 @@ async def test_many_web_processes_and_workers_at_once(
     marker = f"scaleout-{secrets.token_hex(4)}"
     queue = f"{mine.redis_prefix}arq:queue"
     try:
-        with _processes() as started:
+        with processes() as started:
             ports = [free_port() for _ in range(WEB_PROCESSES)]
             for n, port in enumerate(ports):
-                _start(started, tmp_path, f"web{n}", [
+                start_process(started, tmp_path, f"web{n}", [
                     sys.executable, "-m", "uvicorn", "--factory", "calltags.app:create_app",
                     "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
                     "--log-level", "warning",
                 ], env)  # fmt: skip
             workers = [
-                _start(
+                start_process(
                     started,
                     tmp_path,
                     f"worker{n}",
@@ -175,7 +142,7 @@ async def test_many_web_processes_and_workers_at_once(
                 proc.send_signal(signal.SIGTERM)
             for proc in workers:
                 proc.wait(timeout=30)
-        moved = [_flushed_rows(_output(tmp_path, f"worker{n}")) for n in range(WORKERS)]
+        moved = [_flushed_rows(process_output(tmp_path, f"worker{n}")) for n in range(WORKERS)]
     finally:
         await forget_arq_jobs(queue_url, queue)
 
@@ -232,7 +199,7 @@ async def _wait_until_up(
 
     async def up() -> bool:
         for name, proc in started:
-            assert proc.poll() is None, f"{name} stopped:\n{_output(folder, name)}"
+            assert proc.poll() is None, f"{name} stopped:\n{process_output(folder, name)}"
         for n, client in enumerate(web):
             try:
                 seen[f"web{n}"] = (await client.get("/readyz")).status_code
@@ -240,14 +207,18 @@ async def _wait_until_up(
                 seen[f"web{n}"] = repr(exc)
         # A worker logs this once its flush tasks run.
         seen["workers"] = sum(
-            "flushing " in _output(folder, name) for name, _ in started if name.startswith("worker")
+            "flushing " in process_output(folder, name)
+            for name, _ in started
+            if name.startswith("worker")
         )
         return seen["workers"] == WORKERS and all(seen[f"web{n}"] == 200 for n in range(len(web)))
 
     try:
         await eventually(up, timeout=60, every=0.1)
     except AssertionError as exc:
-        logs = "\n".join(f"--- {name}\n{_output(folder, name)[-3000:]}" for name, _ in started)
+        logs = "\n".join(
+            f"--- {name}\n{process_output(folder, name)[-3000:]}" for name, _ in started
+        )
         raise AssertionError(f"not up: {seen}\n{logs}") from exc
 
 
