@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from calltags.errors import StoreUnavailable, unavailable_on
+from calltags.errors import StoreUnavailable
 
 log = logging.getLogger("calltags.db")
 
@@ -26,8 +26,6 @@ POSTGRES_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
 )
-# A class decorator: the store's methods raise StoreUnavailable for POSTGRES_ERRORS.
-postgres_errors = unavailable_on(*POSTGRES_ERRORS)
 CONNECT_TIMEOUT = 5.0  # s to open a connection: an outage is answered 503 within it
 COMMAND_TIMEOUT = 30.0  # s a web process's statement may take
 

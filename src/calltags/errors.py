@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, ParamSpec, TypeVar
 
 RETRY_AFTER_SECONDS = 1  # what a 503 tells the client to wait before retrying
 
@@ -24,31 +24,35 @@ class StoreUnavailable(Exception):
     """Redis or Postgres could not be reached or refused the write."""
 
 
-C = TypeVar("C", bound=type)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
-def unavailable_on(*errors: type[BaseException]) -> Callable[[C], C]:
-    """A class decorator for a store: each public coroutine method of the class raises
-    StoreUnavailable where a driver raised one of `errors`, so that no caller handles
-    driver errors (the store's boundary is wrapped once)."""
+class StoreBoundary:
+    """A store's boundary: each public coroutine a subclass defines raises
+    StoreUnavailable where a driver raised one of the class's `driver_errors`, so that
+    no caller handles driver errors, whichever command inside failed."""
 
-    def wrap(method: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
-        @functools.wraps(method)
-        async def wrapped(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await method(*args, **kwargs)
-            except errors as exc:
-                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    driver_errors: ClassVar[tuple[type[BaseException], ...]] = ()
 
-        return wrapped
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, member in list(vars(cls).items()):
+            if not name.startswith("_") and inspect.iscoroutinefunction(member):
+                setattr(cls, name, _wrapped(member, cls.driver_errors))
 
-    def decorate(cls: C) -> C:
-        for name, value in list(vars(cls).items()):
-            if not name.startswith("_") and inspect.iscoroutinefunction(value):
-                setattr(cls, name, wrap(value))
-        return cls
 
-    return decorate
+def _wrapped(
+    method: Callable[_P, Awaitable[_R]], errors: tuple[type[BaseException], ...]
+) -> Callable[_P, Coroutine[Any, Any, _R]]:
+    @functools.wraps(method)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(*args, **kwargs)
+        except errors as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    return wrapper
 
 
 @dataclass(frozen=True)

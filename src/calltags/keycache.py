@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from calltags.db import POSTGRES_ERRORS
-from calltags.errors import unavailable_on
+from calltags.errors import StoreBoundary
 from calltags.keys import KeySpace
 from calltags.store import REDIS_ERRORS, RedisClient
 
@@ -99,11 +99,12 @@ def key_info(fields: dict[str, Any]) -> KeyInfo:
     )
 
 
-@unavailable_on(*REDIS_ERRORS, *POSTGRES_ERRORS)
-class KeyResolver:
+class KeyResolver(StoreBoundary):
     """Secret -> KeyInfo for the hot path: in-process cache (<= 1 s), then Redis, then
     Postgres. Entries live at most `ttl` seconds, so a pause or a revoke takes effect
     within it."""
+
+    driver_errors = (*REDIS_ERRORS, *POSTGRES_ERRORS)
 
     def __init__(
         self,

@@ -421,15 +421,25 @@ def from_row(model: type[T], row: asyncpg.Record, **computed: Any) -> T:
     return msgspec.convert({**values, **computed}, model)
 
 
+def tag_sources(call: store.Call) -> dict[str, TagSource]:
+    """Where each of a call's tags came from, as the routing API answers it and the
+    calls table keeps it."""
+    return {
+        name: TagSource(
+            publisher_id=source.publisher_id, key_id=source.key_id, set_at=iso_ms(source.set_at_ms)
+        )
+        for name, source in call.sources.items()
+    }
+
+
 def call_model(call: store.Call) -> Call:
     """The API's view of a call as the store holds it."""
-    sources = msgspec.convert(call.tag_sources(), dict[str, TagSource])
     return Call(
         call_uuid=call.call_uuid,
         caller_number=call.caller_number,
         state=call.state,  # type: ignore[arg-type]
         tags=call.tags,
-        tag_sources=sources,
+        tag_sources=tag_sources(call),
         started_at=iso_ms(call.started_ms),
         publisher_id=call.publisher_id,
         campaign=call.campaign,

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import asyncpg
 
 from calltags.db import POSTGRES_ERRORS
-from calltags.errors import unavailable_on
+from calltags.errors import StoreBoundary
 from calltags.keycache import KeyInfo, hash_secret, key_info, mirror_fields, parse_cidrs
 from calltags.keys import KeySpace
 from calltags.models import Key, KeyCreate, KeyUpdate, Publisher, from_row
@@ -85,8 +85,9 @@ class PublisherNotFound(Exception):
     pass
 
 
-@unavailable_on(*POSTGRES_ERRORS, *REDIS_ERRORS)
-class Publishers:
+class Publishers(StoreBoundary):
+    driver_errors = (*POSTGRES_ERRORS, *REDIS_ERRORS)
+
     def __init__(self, pool: asyncpg.Pool, redis: RedisClient, keys: KeySpace):
         self.pool = pool
         self.redis = redis

@@ -17,8 +17,8 @@ import orjson
 from msgspec import Struct
 
 from calltags import phone
-from calltags.db import postgres_errors
-from calltags.errors import ApiError, invalid_request
+from calltags.db import POSTGRES_ERRORS
+from calltags.errors import ApiError, StoreBoundary, invalid_request
 from calltags.models import (
     POSTBACK_STATUSES,
     STATUS_GROUPS,
@@ -157,8 +157,9 @@ def _equal(query: _Query, filters: Struct, columns: tuple[str, ...]) -> None:
             query.add(f"{column} = {{}}", value)
 
 
-@postgres_errors
-class Records:
+class Records(StoreBoundary):
+    driver_errors = POSTGRES_ERRORS
+
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
 

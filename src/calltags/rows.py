@@ -18,9 +18,11 @@ import uuid
 from operator import itemgetter
 from typing import Any, TypeAlias
 
+import msgspec
 import orjson
 
 from calltags.log import ENTRY_FIELD, MAX_TAG_VALUE, stream_id_ms
+from calltags.models import tag_sources
 from calltags.store import (
     CALL_FIELD,
     OUTCOME_FIELD,
@@ -179,7 +181,7 @@ def call_row(doc: dict[str, Any]) -> Row:
         _ms(call.started_ms),
         _ms(call.ended_ms) if call.ended_ms is not None else None,
         call.tags,
-        call.tag_sources(),
+        msgspec.to_builtins(tag_sources(call)),
         _int(call.version, 32),
         _ms(max(changed)),
     )

@@ -10,13 +10,11 @@ answer; CallNotFound and RateLimited are answers, not failures.
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeAlias, TypeVar
+from typing import Any, TypeAlias
 
 import orjson
 from redis.asyncio import Redis, RedisCluster
@@ -25,9 +23,9 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from calltags import scripts
 from calltags.autopipe import AutoPipeline
-from calltags.errors import StoreUnavailable
+from calltags.errors import StoreBoundary
 from calltags.keys import SECOND_MS, KeySpace
-from calltags.times import iso_ms, now_ms
+from calltags.times import now_ms
 
 # A single-node or cluster client: the two share the command API calltags uses.
 RedisClient: TypeAlias = Redis | RedisCluster
@@ -75,18 +73,6 @@ class Call:
     tags: dict[str, str]
     sources: dict[str, TagSource] = field(default_factory=dict)
     version: int = 0  # counts the call's writes: of two snapshots the higher is newer
-
-    def tag_sources(self) -> dict[str, dict[str, Any]]:
-        """Where each tag came from, as the routing API answers it and the calls table
-        keeps it: {name: {"publisher_id", "key_id", "set_at" (ISO 8601)}}."""
-        return {
-            name: {
-                "publisher_id": source.publisher_id,
-                "key_id": source.key_id,
-                "set_at": iso_ms(source.set_at_ms),
-            }
-            for name, source in self.sources.items()
-        }
 
 
 @dataclass(frozen=True)
@@ -158,34 +144,10 @@ _ARG_LOG_ENTRY = 7
 _Bucket: TypeAlias = tuple[str, RateLimit]
 
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _wrap_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
-    @functools.wraps(method)
-    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return await method(*args, **kwargs)
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailable(str(exc)) from exc
-
-    return wrapper
-
-
-class _ErrorBoundary:
-    """Wraps every public coroutine a subclass defines, once, in _wrap_errors: callers
-    catch StoreUnavailable, whichever command inside failed."""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        for name, member in list(vars(cls).items()):
-            if not name.startswith("_") and inspect.iscoroutinefunction(member):
-                setattr(cls, name, _wrap_errors(member))
-
-
-class Store(_ErrorBoundary, ABC):
+class Store(StoreBoundary, ABC):
     """Tag writes, connects and call reads, each one Lua call on one caller's keys."""
+
+    driver_errors = REDIS_ERRORS
 
     def __init__(self, redis: RedisClient, keys: KeySpace, call_ttl_seconds: int):
         self.redis = redis
