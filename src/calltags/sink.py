@@ -22,10 +22,11 @@ from datetime import date
 import asyncpg
 from redis.backoff import EqualJitterBackoff
 
+from calltags.db import POSTGRES_ERRORS
 from calltags.keys import KeySpace
 from calltags.partitions import Partitions, utc_today
 from calltags.rows import Row, log_rows, snapshot_rows
-from calltags.store import RedisClient
+from calltags.store import REDIS_ERRORS, RedisClient
 from calltags.streams import Entry, StreamReader, consumer_name
 from calltags.writer import BadData, RowWriter
 
@@ -36,6 +37,10 @@ BACKOFF_FIRST = 0.1  # s before the first retry; doubles up to `max_backoff`
 # Failures in a row past which the wait stops doubling: redis-py's back-off computes
 # base * 2**failures, which overflows a float after about a thousand (a long outage).
 _MOST_DOUBLINGS = 32
+
+
+# What a store that cannot be reached raises: a wait, not a bug.
+_OUTAGES = (*REDIS_ERRORS, *POSTGRES_ERRORS)
 
 
 class _Stopped(Exception):
@@ -90,14 +95,20 @@ class Sink:
         while not stop.is_set():
             try:
                 await self.flush_once(stream, block_ms=BLOCK_MS, stop=stop)
+                if failures:
+                    log.info("flushing %s again after %d failed tries", stream, failures)
                 failures = 0
+                continue
             except _Stopped:
                 return
+            except _OUTAGES as exc:  # a store is down: said once, not at every retry
+                if failures == 0:
+                    log.warning("flushing %s: %s: %s; retrying", stream, type(exc).__name__, exc)
             except Exception:  # a worker must outlive any failure: log it, wait, go on
                 log.exception("flushing %s failed, retrying", stream)
-                self.counters.retries += 1
-                await _sleep_unless(stop, self._delay(failures))
-                failures += 1
+            self.counters.retries += 1
+            await _sleep_unless(stop, self._delay(failures))
+            failures += 1
 
     async def flush_once(
         self, stream: str, *, block_ms: int | None = None, stop: asyncio.Event | None = None
