@@ -36,7 +36,7 @@ def _authorize(auth: Auth, request: Request, svc: Services) -> None:
     if auth is Auth.ADMIN:
         check_bearer(header, (svc.admin_token(),))
     elif auth is Auth.ROUTING:
-        check_bearer(header, svc.routing_tokens())
+        check_bearer(header, svc.routing_tokens)
 
 
 def json_endpoint(op: Operation) -> Endpoint:

@@ -21,7 +21,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from calltags import admin, adminapp, health, listings, logpage, openapi, postbacks, routing
 from calltags.asgi import send_json
@@ -116,21 +116,17 @@ class Front:
         if scope["type"] != "http":  # no websockets
             return
         app = self._app(scope["path"])
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
             if app is None:
                 await self._not_served(scope, send)
             else:
-                await app(scope, receive, tracked)
+                await app(scope, receive, send)
         except Exception:
             log.exception("%s %s failed", scope["method"], scope["path"][:200])
-            if not started:
+            # The JSON 500, unless the app had begun its answer (the admin side sends its
+            # own 500 first): then the server refuses a second start, and there is
+            # nothing more the client can be told.
+            with contextlib.suppress(Exception):
                 await send_json(send, *error_answer(ApiError("internal_error")))
 
     async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> None:

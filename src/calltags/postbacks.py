@@ -375,6 +375,7 @@ def _unroutable(path: str) -> ApiError:
 
 
 ROUTES = Routes(Api.PUBLISHER)
+_API = Api.PUBLISHER.value  # the metrics' label
 for _path in (PATH, PATH + "/{key}"):
     for _method in ("GET", "POST"):
         ROUTES.route(
@@ -410,7 +411,7 @@ class PublisherApi:
             self.metrics.postback_latency.observe(req.seconds())
         elif method == "OPTIONS" and _ORIGIN in req.headers and _PREFLIGHT_METHOD in req.headers:
             status, body, raw = _preflight(req)
-            self.metrics.request(Api.PUBLISHER.value, route, method, status)
+            self.metrics.request(_API, route, method, status)
             await send({"type": "http.response.start", "status": status, "headers": raw})
             await send({"type": "http.response.body", "body": body})
             return
@@ -419,7 +420,7 @@ class PublisherApi:
         else:
             refused = ApiError("method_not_allowed", f"{route} takes {_ALLOW}", {"Allow": _ALLOW})
             status, body, headers = error_answer(refused)
-        self.metrics.request(Api.PUBLISHER.value, route, method, status)
+        self.metrics.request(_API, route, method, status)
         await send_json(send, status, body, headers, cors)
 
     async def answer(self, req: Incoming) -> tuple[Answer, str]:

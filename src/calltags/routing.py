@@ -29,6 +29,7 @@ log = logging.getLogger("calltags")
 Handler = Callable[[Core, Incoming, dict[str, str]], Awaitable[tuple[int, Call]]]
 _CALLER_FIELD = "at `$.caller_number`"
 ROUTES = Routes(Api.ROUTING, Auth.ROUTING)
+_API = Api.ROUTING.value  # the metrics' label
 _CALL = ("call_not_found",)
 
 
@@ -89,10 +90,11 @@ async def end_call(core: Core, req: Incoming, params: dict[str, str]) -> tuple[i
 
 
 class _Route:
-    def __init__(self, operation: Operation):
+    def __init__(self, operation: Operation, metrics: Metrics):
         self.operation = operation
         self.handler: Handler = operation.handler
         self.pattern: re.Pattern[str] = compile_path(operation.path)[0]
+        self.latency = metrics.connect_latency if operation.handler is connect else None
 
 
 class RoutingApi:
@@ -101,7 +103,7 @@ class RoutingApi:
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
         self.core: Core | None = None
-        self._routes = [_Route(op) for op in ROUTES.operations]
+        self._routes = [_Route(op, metrics) for op in ROUTES.operations]
         self._static = {(r.operation.method, r.operation.path): r for r in self._routes}
 
     def bind(self, core: Core) -> None:
@@ -111,10 +113,12 @@ class RoutingApi:
         req = Incoming(scope, receive)
         route, params = self._match(req)
         status, body, headers = await self.answer(req, route, params)
-        if route is not None and route.handler is connect:
-            self.metrics.connect_latency.observe(req.seconds())
-        path = route.operation.path if route is not None else UNMATCHED
-        self.metrics.request(Api.ROUTING.value, path, req.method, status)
+        if route is None:
+            self.metrics.request(_API, UNMATCHED, req.method, status)
+        else:
+            if route.latency is not None:
+                route.latency.observe(req.seconds())
+            self.metrics.request(_API, route.operation.path, req.method, status)
         await send_json(send, status, body, headers)
 
     def _match(self, req: Incoming) -> tuple[_Route | None, dict[str, str]]:
@@ -144,7 +148,7 @@ class RoutingApi:
         try:
             if route is None:
                 raise self._unmatched(req)
-            check_bearer(req.header(b"authorization"), core.routing_tokens())
+            check_bearer(req.header(b"authorization"), core.routing_tokens)
             status, call = await route.handler(core, req, params)
             return status, encode(call), None
         except ApiError as exc:

@@ -4,6 +4,7 @@ Postgres, the key resolver, the log's backlog)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import asyncpg
@@ -30,6 +31,7 @@ class Core:
     keys: KeySpace
     store: Store
 
+    @functools.cached_property
     def routing_tokens(self) -> tuple[str | None, str | None]:
         """The tokens the routing API accepts: the routing token and the admin token."""
         settings = self.settings
