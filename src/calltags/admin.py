@@ -18,6 +18,7 @@ from calltags.models import (
     Publisher,
     PublisherCreate,
     Publishers,
+    PublisherUpdate,
 )
 from calltags.operations import Api, Auth, Routes
 from calltags.publishers import KeyNotFound, PublisherNotFound, example_url
@@ -36,16 +37,21 @@ def path_id(request: Request, name: str) -> int:
     return int(raw)
 
 
-def _publisher_not_found(publisher_id: int) -> ApiError:
+def publisher_not_found(publisher_id: int) -> ApiError:
     return ApiError("publisher_not_found", f"no publisher {publisher_id}")
 
 
-def _key_not_found(key_id: int) -> ApiError:
+def key_not_found(key_id: int) -> ApiError:
     return ApiError("key_not_found", f"no usable key {key_id}")
 
 
+def public_base(svc: Services, request: Request) -> str:
+    """The base of the postback URLs handed out: CALLTAGS_PUBLIC_URL, else this request's."""
+    return svc.settings.public_url or str(request.base_url)
+
+
 def _with_secret(svc: Services, request: Request, key: Key, secret: str, **more: str) -> NewSecret:
-    base = svc.settings.public_url or str(request.base_url)
+    base = public_base(svc, request)
     fields = {"key": secret, "example_url": example_url(base, secret), **more}
     return msgspec.convert({**msgspec.structs.asdict(key), **fields}, NewSecret)
 
@@ -62,6 +68,16 @@ async def list_publishers(svc: Services, request: Request) -> Publishers:
     return Publishers(items=await svc.publishers.list_publishers())
 
 
+@ROUTES.route("PATCH", "/admin/publishers/{publisher_id}", errors=_PUBLISHER)
+async def update_publisher(svc: Services, request: Request, body: PublisherUpdate) -> Publisher:
+    """Change a publisher: its name."""
+    publisher_id = path_id(request, "publisher_id")
+    try:
+        return await svc.publishers.update_publisher(publisher_id, body)
+    except PublisherNotFound as exc:
+        raise publisher_not_found(publisher_id) from exc
+
+
 @ROUTES.route("POST", "/admin/publishers/{publisher_id}/keys", status=201, errors=_PUBLISHER)
 async def create_key(svc: Services, request: Request, body: KeyCreate) -> NewSecret:
     """Create a postback key: the answer holds its secret, shown this once."""
@@ -69,7 +85,7 @@ async def create_key(svc: Services, request: Request, body: KeyCreate) -> NewSec
     try:
         key, secret, signing_secret = await svc.publishers.create_key(publisher_id, body)
     except PublisherNotFound as exc:
-        raise _publisher_not_found(publisher_id) from exc
+        raise publisher_not_found(publisher_id) from exc
     return _with_secret(svc, request, key, secret, signing_secret=signing_secret)
 
 
@@ -80,7 +96,7 @@ async def list_keys(svc: Services, request: Request) -> Keys:
     try:
         return Keys(items=await svc.publishers.list_keys(publisher_id))
     except PublisherNotFound as exc:
-        raise _publisher_not_found(publisher_id) from exc
+        raise publisher_not_found(publisher_id) from exc
 
 
 @ROUTES.route("PATCH", "/admin/keys/{key_id}", errors=_KEY)
@@ -90,7 +106,7 @@ async def update_key(svc: Services, request: Request, body: KeyUpdate) -> Key:
     try:
         return await svc.publishers.update_key(key_id, body)
     except KeyNotFound as exc:
-        raise _key_not_found(key_id) from exc
+        raise key_not_found(key_id) from exc
 
 
 @ROUTES.route("POST", "/admin/keys/{key_id}/rotate", errors=_KEY)
@@ -100,7 +116,7 @@ async def rotate_key(svc: Services, request: Request, body: KeyRotate) -> NewSec
     try:
         key, secret = await svc.publishers.rotate_key(key_id, body.grace_seconds)
     except KeyNotFound as exc:
-        raise _key_not_found(key_id) from exc
+        raise key_not_found(key_id) from exc
     return _with_secret(svc, request, key, secret)
 
 
@@ -111,4 +127,4 @@ async def revoke_key(svc: Services, request: Request) -> Key:
     try:
         return await svc.publishers.revoke_key(key_id)
     except KeyNotFound as exc:
-        raise _key_not_found(key_id) from exc
+        raise key_not_found(key_id) from exc

@@ -1,8 +1,9 @@
-"""The admin side: a Starlette app serving the admin API, the log page, readiness,
+"""The admin side: a Starlette app serving the admin API, the console, readiness,
 metrics and the OpenAPI document, every route made from an operation of the table.
 One endpoint per JSON operation authorizes, reads the body or query into its model,
 calls the handler and answers its model; every error, 404, 405 and bug included, is
-`http.error_answer`'s JSON."""
+`http.error_answer`'s JSON. The console's pages are served by `pages.endpoint`, which
+answers its errors as pages (a bug is the same JSON 500)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from calltags import pages, session
 from calltags.errors import RETRY_AFTER_SECONDS, ApiError, StoreUnavailable
 from calltags.http import JSONResponse, check_bearer, error_response, query_values, read_body
 from calltags.metrics import UNMATCHED, Metrics
@@ -34,6 +36,14 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 def _authorize(auth: Auth, request: Request, svc: Services) -> None:
     header = request.headers.get("authorization")
     if auth is Auth.ADMIN:
+        if session.from_console(request, svc):  # a console page, with the session's token
+            return
+        if header is None and session.SESSION_COOKIE in request.cookies:
+            raise ApiError(
+                "unauthorized",
+                f"a valid Bearer token is required (a console page sends {session.CSRF_HEADER}"
+                " with its session)",
+            )
         check_bearer(header, (svc.admin_token(),))
     elif auth is Auth.ROUTING:
         check_bearer(header, svc.routing_tokens)
@@ -118,9 +128,13 @@ class AdminApp:
         self.metrics = metrics
         by_path: dict[str, dict[str, Endpoint]] = {}
         for op in operations:
-            if op.api is Api.ADMIN:
+            if op.api is not Api.ADMIN:
+                continue
+            if op.auth is Auth.SESSION:
+                endpoint = pages.endpoint(op)
+            else:
                 endpoint = op.handler if op.endpoint else json_endpoint(op)
-                by_path.setdefault(op.path, {})[op.method] = endpoint
+            by_path.setdefault(op.path, {})[op.method] = endpoint
         # One route a path, so that a method it does not take is a 405 naming them all.
         routes = [
             Route(path, _by_method(methods), methods=list(methods))

@@ -23,7 +23,18 @@ from collections.abc import AsyncIterator, Sequence
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from calltags import admin, adminapp, health, listings, logpage, openapi, postbacks, routing
+from calltags import (
+    admin,
+    adminapp,
+    callpage,
+    console,
+    health,
+    listings,
+    logpage,
+    openapi,
+    postbacks,
+    routing,
+)
 from calltags.asgi import send_json
 from calltags.config import Settings
 from calltags.errors import ApiError, StoreUnavailable
@@ -49,7 +60,9 @@ OPERATIONS: tuple[Operation, ...] = tuple(
         health.FRONT,
         admin.ROUTES,
         listings.ROUTES,
+        console.ROUTES,
         logpage.ROUTES,
+        callpage.ROUTES,
         health.ROUTES,
         adminapp.ROUTES,
     )

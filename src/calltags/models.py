@@ -29,6 +29,7 @@ MAX_BURST = 10_000_000
 MAX_LIMIT = 1000  # entries of a listing page
 DEFAULT_LIMIT = 100
 MAX_ID = 2**63 - 1  # Postgres bigint
+MAX_TEST_TAGS = 131_072  # characters of a key test's tags: 100 tags of 1024 bytes fit
 KEY_TYPES = ("call_data_writing",)
 CALL_STATES = ("in_progress", "completed")
 POSTBACK_STATUSES = (STATUS_STORED, STATUS_LIVE, STATUS_COMPLETED)
@@ -131,8 +132,30 @@ class KeyCreate(Body):
         _check_cidrs(self.allowed_cidrs)
 
 
-class KeyUpdate(Body):
-    """The fields a PATCH changes; those left out stay as they are."""
+class Update(Body):
+    """A PATCH body: the fields given change, those left out (UNSET) stay as they are."""
+
+    def changes(self) -> dict[str, Any]:
+        """The columns given, by name."""
+        return {
+            name: getattr(self, name)
+            for name in self.__struct_fields__
+            if getattr(self, name) is not UNSET
+        }
+
+
+class PublisherUpdate(Update):
+    """A publisher's fields a PATCH changes; those left out stay as they are."""
+
+    name: Name | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.name = _stripped(self.name, "name")
+
+
+class KeyUpdate(Update):
+    """A key's fields a PATCH changes; those left out stay as they are."""
 
     name: Name | UnsetType = UNSET
     paused: bool | UnsetType = UNSET
@@ -147,14 +170,6 @@ class KeyUpdate(Body):
         super().__post_init__()
         self.name = _stripped(self.name, "name")
         _check_cidrs(self.allowed_cidrs)
-
-    def changes(self) -> dict[str, Any]:
-        """The columns given, by name."""
-        return {
-            name: getattr(self, name)
-            for name in self.__struct_fields__
-            if getattr(self, name) is not UNSET
-        }
 
 
 class KeyRotate(Body):
@@ -206,6 +221,16 @@ class Publishers(Struct, kw_only=True):
 
 class Keys(Struct, kw_only=True):
     items: list[Key]
+
+
+class KeyTest(Body):
+    """The console's "Test a key" form: one postback through the key, as a publisher
+    would send it (the postback API checks it, and answers as it would them)."""
+
+    caller_number: AnyNumber = ""
+    tags: Annotated[
+        str, Meta(max_length=MAX_TEST_TAGS, description="name=value, one a line (or joined by &)")
+    ] = ""
 
 
 # -- routing ----------------------------------------------------------------------------

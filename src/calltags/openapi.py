@@ -14,17 +14,20 @@ from calltags import __version__
 from calltags.errors import ERRORS
 from calltags.models import Error
 from calltags.operations import Auth, Operation
+from calltags.session import CSRF_HEADER, SESSION_COOKIE
 
 _REF = "#/components/schemas/{name}"
 _SECURITY: dict[Auth, list[dict[str, list[str]]]] = {
     Auth.ROUTING: [{"routingToken": []}, {"adminToken": []}],
-    Auth.ADMIN: [{"adminToken": []}],
+    # The admin API from a console page: the session cookie with its CSRF token.
+    Auth.ADMIN: [{"adminToken": []}, {"sessionCookie": [], "csrfToken": []}],
     Auth.SESSION: [{"sessionCookie": []}, {"adminToken": []}],
 }
 _SCHEMES = {
     "routingToken": {"type": "http", "scheme": "bearer", "description": "CALLTAGS_ROUTING_TOKEN"},
     "adminToken": {"type": "http", "scheme": "bearer", "description": "CALLTAGS_ADMIN_TOKEN"},
-    "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "calltags_session"},
+    "sessionCookie": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
+    "csrfToken": {"type": "apiKey", "in": "header", "name": CSRF_HEADER},
 }
 _FORM_OF_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
 
@@ -42,7 +45,7 @@ def error_codes(op: Operation) -> list[str]:
     codes = list(op.errors)
     if op.auth in (Auth.ROUTING, Auth.ADMIN):
         codes.append("unauthorized")
-    if op.body is not None:
+    if op.body is not None or op.form is not None:
         codes += ["invalid_body", "invalid_request", "payload_too_large"]
     if op.query is not None and not op.html:
         codes.append("invalid_request")
@@ -58,9 +61,16 @@ def _errors(op: Operation) -> dict[str, Any]:
         by_status.setdefault(ERRORS[code].status, []).append(code)
     responses: dict[str, Any] = {}
     for status, codes in sorted(by_status.items()):
+        if op.html and ERRORS[codes[0]].status != 500:  # a page says it (a bug is JSON)
+            responses[str(status)] = _page("a page saying the error: " + ", ".join(codes))
+            continue
         schema = {"allOf": [_ref(Error)], "properties": {"error": {"enum": codes}}}
         responses[str(status)] = _json(schema, "error: " + ", ".join(codes))
     return responses
+
+
+def _page(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
 
 
 def _parameters(op: Operation, components: dict[str, Any]) -> list[dict[str, Any]]:
@@ -99,12 +109,12 @@ def _operation(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
         if op.api.value == "publisher":
             content["application/x-www-form-urlencoded"] = {"schema": _FORM_OF_STRINGS}
         doc["requestBody"] = {"required": False, "content": content}
+    elif op.form is not None:  # a console form: its fields are the model's, as text
+        form = {"application/x-www-form-urlencoded": {"schema": _ref(op.form)}}
+        doc["requestBody"] = {"required": True, "content": form}
     responses: dict[str, Any] = {}
     if op.html:
-        responses[str(op.status)] = {
-            "description": "an HTML page",
-            "content": {"text/html": {"schema": {"type": "string"}}},
-        }
+        responses[str(op.status)] = _page("an HTML page")
         if op.auth is Auth.SESSION:
             responses["303"] = {"description": "not signed in: to the sign-in page"}
     elif op.redirect:
@@ -133,7 +143,7 @@ def _operation(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
 def _models(operations: Iterable[Operation]) -> list[type[Struct]]:
     found: dict[str, type[Struct]] = {"Error": Error}
     for op in operations:
-        for model in (op.body, op.query, op.response, *op.also.values()):
+        for model in (op.body, op.query, op.form, op.response, *op.also.values()):
             if model is not None:
                 found[model.__name__] = model
     return list(found.values())

@@ -26,7 +26,7 @@ class Auth(Enum):
     NONE = "none"
     ROUTING = "routing"  # Bearer CALLTAGS_ROUTING_TOKEN or CALLTAGS_ADMIN_TOKEN
     ADMIN = "admin"  # Bearer CALLTAGS_ADMIN_TOKEN
-    SESSION = "session"  # the log page's sign-in cookie (or the admin Bearer token)
+    SESSION = "session"  # a console page: the sign-in cookie (or the admin Bearer token)
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Operation:
     auth: Auth = Auth.NONE
     body: type[Struct] | None = None  # the JSON request body's model
     query: type[Struct] | None = None  # the query string's model
+    form: type[Struct] | None = None  # a console form's model (url-encoded body)
     status: int = 200
     response: type[Struct] | None = None  # None: see `html` / `redirect`
     # Other answers than `status` that succeed, e.g. {200: Call} beside a 201.

@@ -5,6 +5,7 @@ become StoreUnavailable at this boundary."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -15,7 +16,7 @@ from calltags.db import POSTGRES_ERRORS
 from calltags.errors import StoreBoundary
 from calltags.keycache import KeyInfo, hash_secret, key_info, mirror_fields, parse_cidrs
 from calltags.keys import KeySpace
-from calltags.models import Key, KeyCreate, KeyUpdate, Publisher, from_row
+from calltags.models import Key, KeyCreate, KeyUpdate, Publisher, PublisherUpdate, from_row
 from calltags.store import REDIS_ERRORS, RedisClient
 from calltags.times import iso
 
@@ -51,11 +52,15 @@ def new_signing_secret() -> str:
     return SIGNING_PREFIX + secrets.token_urlsafe(32)
 
 
-def example_url(base: str, secret: str) -> str:
-    """A postback URL ready to send with the key, for a publisher to start from."""
+EXAMPLE_CALLER = "+15551234567"
+
+
+def example_url(base: str, secret: str, caller: str = EXAMPLE_CALLER) -> str:
+    """A postback URL ready to send with the key, for a publisher to start from; `caller`
+    may be a placeholder the publisher replaces (the console writes CALLER_NUMBER)."""
     return (
         f"{base.rstrip('/')}/data_writing?key={quote(secret)}"
-        "&caller_number=%2B15551234567&prequalified=true"
+        f"&caller_number={quote(caller)}&prequalified=true"
     )
 
 
@@ -104,6 +109,28 @@ class Publishers(StoreBoundary):
         rows = await self.pool.fetch("SELECT id, name, created_at FROM publishers ORDER BY id")
         return [from_row(Publisher, r) for r in rows]
 
+    async def get_publisher(self, publisher_id: int) -> Publisher:
+        row = await self.pool.fetchrow(
+            "SELECT id, name, created_at FROM publishers WHERE id = $1", publisher_id
+        )
+        if row is None:
+            raise PublisherNotFound(publisher_id)
+        return from_row(Publisher, row)
+
+    async def update_publisher(self, publisher_id: int, update: PublisherUpdate) -> Publisher:
+        """Change the fields `update` gives (the name)."""
+        name = update.changes().get("name")
+        if name is None:
+            return await self.get_publisher(publisher_id)
+        row = await self.pool.fetchrow(
+            "UPDATE publishers SET name = $2 WHERE id = $1 RETURNING id, name, created_at",
+            publisher_id,
+            name,
+        )
+        if row is None:
+            raise PublisherNotFound(publisher_id)
+        return from_row(Publisher, row)
+
     async def create_key(self, publisher_id: int, new: KeyCreate) -> tuple[Key, str, str]:
         """A new key; (key, secret, signing secret). The two secrets are returned here
         and never again."""
@@ -147,6 +174,14 @@ class Publishers(StoreBoundary):
         if row is None:
             raise KeyNotFound(key_id)
         return key_model(row)
+
+    async def keys_by_id(self, key_ids: Iterable[int]) -> dict[int, Key]:
+        """The keys of these ids (revoked ones included) that exist, by id."""
+        rows = await self.pool.fetch(
+            f"SELECT {_KEY_COLUMNS} FROM postback_keys WHERE id = ANY($1::bigint[])",
+            sorted(set(key_ids)),
+        )
+        return {row["id"]: key_model(row) for row in rows}
 
     async def update_key(self, key_id: int, update: KeyUpdate) -> Key:
         """Change the fields `update` gives of a usable key."""

@@ -140,6 +140,20 @@ def _status(query: _Query, value: str) -> None:
         query.add("error = {}", value)
 
 
+@dataclass(frozen=True)
+class PublisherStats:
+    """A publisher's usable keys and recent postbacks, as the console lists them."""
+
+    keys: int
+    postbacks: int
+    accepted: int
+
+    @property
+    def share_accepted(self) -> float | None:
+        """The accepted postbacks' share, 0..1; None without postbacks."""
+        return self.accepted / self.postbacks if self.postbacks else None
+
+
 def postback_entry(row: asyncpg.Record) -> PostbackEntry:
     return from_row(PostbackEntry, row, id=str(row["id"]), tags=orjson.loads(row["tags"]))
 
@@ -203,3 +217,40 @@ class Records(StoreBoundary):
         if more:
             cursor = encode_cursor(rows[-1][time_column], str(rows[-1][key_column]))
         return [item(r) for r in rows], cursor
+
+    # -- what the console shows beside the records ------------------------------------------
+
+    async def call(self, call_uuid: str) -> CallRecord | None:
+        """The call's record; None until the workers have written it (or never)."""
+        row = await self.pool.fetchrow(f"{_CALL_SELECT} WHERE call_uuid = $1", call_uuid)
+        return call_record(row) if row is not None else None
+
+    async def publisher_stats(self, since: datetime) -> dict[int, PublisherStats]:
+        """Each publisher's usable keys and postbacks since `since`, by publisher id (one
+        index range of `postbacks_publisher` a publisher)."""
+        rows = await self.pool.fetch(
+            "SELECT p.id,"
+            " (SELECT count(*) FROM postback_keys k"
+            "  WHERE k.publisher_id = p.id AND k.revoked_at IS NULL) AS keys,"
+            " s.postbacks, s.accepted"
+            " FROM publishers p CROSS JOIN LATERAL ("
+            "  SELECT count(*) AS postbacks, count(*) FILTER (WHERE b.error IS NULL) AS accepted"
+            "  FROM postbacks b WHERE b.publisher_id = p.id AND b.received_at >= $1) s",
+            since,
+        )
+        return {
+            row["id"]: PublisherStats(row["keys"], row["postbacks"], row["accepted"])
+            for row in rows
+        }
+
+    async def key_postbacks(self, publisher_id: int, since: datetime) -> dict[int, int]:
+        """How many postbacks each key of the publisher served since `since`, by key id
+        (one index range of `postbacks_key` a key)."""
+        rows = await self.pool.fetch(
+            "SELECT k.id, (SELECT count(*) FROM postbacks b"
+            "  WHERE b.key_id = k.id AND b.received_at >= $2) AS postbacks"
+            " FROM postback_keys k WHERE k.publisher_id = $1",
+            publisher_id,
+            since,
+        )
+        return {row["id"]: row["postbacks"] for row in rows}

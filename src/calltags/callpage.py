@@ -1,0 +1,103 @@
+"""The console's calls, from the call records in Postgres: /console/calls lists recent
+calls (filtered by caller in any format, state, campaign and time, paged on), and
+/console/calls/{call_uuid} shows one call: each tag with its value, the publisher and
+key that set it and when, and links to the postbacks that wrote them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.responses import Response
+
+from calltags import logpage
+from calltags.errors import ApiError
+from calltags.models import CALL_STATES, CallFilters, CallRecord, TagSource
+from calltags.operations import Api, Auth, Routes
+from calltags.pages import Page, paging
+from calltags.times import iso
+
+PATH = "/console/calls"
+PAGE_LIMIT = "50"  # calls a page shows unless the URL asks otherwise
+ROUTES = Routes(Api.ADMIN, Auth.SESSION)
+_SET_AT_SLACK = timedelta(milliseconds=1)  # a tag's set_at is its postback's time, or after
+
+
+@ROUTES.route("GET", PATH, html=True, query=CallFilters)
+async def calls_page(page: Page) -> Response:
+    """Recent calls: state, caller, campaign, start and end, tag count; filtered."""
+    svc = page.svc
+    given = page.given(CallFilters)
+    calls: list[CallRecord] = []
+    links = paging(PATH, given, None)
+    message = None
+    status = 200
+    try:
+        found = await svc.records.calls(
+            page.query(CallFilters, limit=PAGE_LIMIT), svc.settings.default_region
+        )
+        calls, links = found.items, paging(PATH, given, found.next_cursor)
+    except ApiError as exc:  # a filter refused: said on the page, the filters kept
+        message, status = exc.message, exc.status
+    context = {
+        "section": "calls",
+        "calls": calls,
+        "filters": given,
+        "states": CALL_STATES,
+        "message": message,
+        **links,
+    }
+    return page.render("calls.html", context, status)
+
+
+def writer_url(caller_number: str, source: TagSource) -> str:
+    """The log page showing the postback that set a tag: the newest accepted one of its
+    key for the caller, received by the tag's set_at."""
+    until = iso(datetime.fromisoformat(source.set_at) + _SET_AT_SLACK)
+    query = {
+        "key_id": source.key_id,
+        "caller_number": caller_number,
+        "status": "accepted",
+        "until": until,
+        "limit": 1,
+    }
+    return f"{logpage.PATH}?{urlencode(query)}"
+
+
+@ROUTES.route("GET", PATH + "/{call_uuid}", html=True, errors=("call_not_found",))
+async def call_page(page: Page) -> Response:
+    """A call: each tag, its value, the publisher and key that set it, when, and the
+    postback that wrote it."""
+    svc = page.svc
+    call_uuid: str = page.request.path_params["call_uuid"]
+    call = await svc.records.call(call_uuid)
+    if call is None:
+        raise ApiError(
+            "call_not_found",
+            f"no call record {call_uuid[:128]!r}: a call reaches the records within a second"
+            " of its connect",
+        )
+    publishers = {publisher.id: publisher for publisher in await svc.publishers.list_publishers()}
+    keys = await svc.publishers.keys_by_id(s.key_id for s in call.tag_sources.values())
+    tags: list[dict[str, Any]] = []
+    for name, value in call.tags.items():
+        source = call.tag_sources.get(name)
+        tags.append(
+            {
+                "name": name,
+                "value": value,
+                "source": source,
+                "publisher": publishers.get(source.publisher_id) if source else None,
+                "key": keys.get(source.key_id) if source else None,
+                "writer_url": writer_url(call.caller_number, source) if source else None,
+            }
+        )
+    context = {
+        "section": "calls",
+        "call": call,
+        "tags": tags,
+        "log_url": f"{logpage.PATH}?{urlencode({'call_uuid': call.call_uuid})}",
+        "caller_url": f"{logpage.PATH}?{urlencode({'caller_number': call.caller_number})}",
+    }
+    return page.render("call.html", context)
