@@ -83,7 +83,10 @@ _TABLE = (
     ErrorCode("invalid_query", 400, "the query string cannot be read", True),
     ErrorCode("unsupported_media_type", 415, "post JSON or a url-encoded form", True),
     ErrorCode("payload_too_large", 413, "the body is too large", True),
-    ErrorCode("rate_limited", 429, "too many requests, retry later", True),
+    ErrorCode("rate_limited", 429, "the key's rate limit is spent, retry later", True),
+    ErrorCode(
+        "too_many_invalid_keys", 429, "too many invalid keys from this address; retry later", True
+    ),
     ErrorCode("unavailable", 503, "a store is unavailable, retry shortly", True),
     # Written by the workers for a log entry they could not read (never answered).
     ErrorCode("undecodable_entry", 500, "the log entry could not be read", True),

@@ -120,13 +120,15 @@ class KeyResolver(StoreBoundary):
         self._cache: dict[str, tuple[float, KeyInfo | None]] = {}
         self.used: dict[int, float] = {}
 
-    async def resolve(self, secret: str) -> KeyInfo | None:
+    async def resolve(self, secret: str, fallback: bool = True) -> KeyInfo | None:
+        """The key of `secret`; `fallback`: ask Postgres too while the mirror is
+        incomplete (not for an address that keeps presenting unknown keys)."""
         now = time.monotonic()
         hit = self._cache.get(secret)
         if hit is not None and hit[0] > now:
             info = hit[1]
         else:
-            info = await self._load(secret)
+            info = await self._load(secret, fallback)
             if len(self._cache) >= CACHE_MAX_ENTRIES:
                 self._cache.clear()
             self._cache[secret] = (now + self.ttl, info)
@@ -134,12 +136,12 @@ class KeyResolver(StoreBoundary):
             self.used[info.id] = time.time()
         return info
 
-    async def _load(self, secret: str) -> KeyInfo | None:
+    async def _load(self, secret: str, fallback: bool) -> KeyInfo | None:
         secret_hash = hash_secret(secret)
         fields = await self.redis.hgetall(self.keys.postback_key(secret_hash))
         if fields:
             return key_info({name.decode(): value for name, value in fields.items()})
-        if self.fallback is None:
+        if self.fallback is None or not fallback:
             return None
         if await self.redis.exists(self.keys.mirror_complete()):
             return None  # the mirror holds every key: no need to ask Postgres

@@ -27,6 +27,7 @@ from calltags.times import now_ms
 MAX_TEXT = 256  # chars of the raw caller number, user agent, call_uuid, tag names
 MAX_TAG_VALUE = 1024  # chars of a logged tag value
 MAX_LOGGED_TAGS = 100
+MAX_MESSAGE = 512  # chars of a refusal's message
 
 
 def _cap(value: str | None, limit: int = MAX_TEXT) -> str | None:
@@ -56,6 +57,7 @@ def make_entry(
     status: str | None,
     error: str | None,
     http_status: int,
+    message: str | None = None,
     remote_addr: str | None,
     user_agent: str | None,
     latency_us: int,
@@ -78,6 +80,7 @@ def make_entry(
         "tags": tags if tags_checked else cap_tags(tags),
         "status": status,
         "error": error,
+        "message": _cap(message, MAX_MESSAGE),
         "http_status": http_status,
         "remote_addr": _cap(remote_addr, 64),
         "user_agent": _cap(user_agent),

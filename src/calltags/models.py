@@ -280,6 +280,10 @@ class PostbackFilters(Body):
     publisher_id: Id | None = None
     key_id: Id | None = None
     caller_number: AnyNumber | None = None
+    call_uuid: (
+        Annotated[CallUuid, Meta(description="the call the tags went to (with caller_number)")]
+        | None
+    ) = None
     status: (
         Annotated[
             str,
@@ -330,6 +334,7 @@ class PostbackEntry(Struct, kw_only=True):
     tags: Tags
     status: Annotated[str, Meta(description="an accepted postback's status string")] | None
     error: Annotated[str, Meta(description="a refused postback's error code")] | None
+    message: Annotated[str, Meta(description="what the refusal told the client")] | None
     http_status: int
     remote_addr: str | None
     user_agent: str | None

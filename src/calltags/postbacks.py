@@ -6,10 +6,12 @@ straight from any origin, so it answers CORS itself, preflight included.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from msgspec import UNSET
@@ -84,20 +86,23 @@ def path_key(path: str) -> str | None:
     return None
 
 
-async def _params(posted: Incoming) -> tuple[dict[str, str], bytes]:
-    """Query parameters, overridden by a form or JSON body's (the last of a repeat wins),
-    and the raw body."""
+def _query(posted: Incoming) -> dict[str, str]:
+    """The query parameters (of a repeat, the last wins)."""
     try:
         # As Starlette reads a query string: Latin-1 text, %-escapes as UTF-8.
-        query = query_pairs(posted.query.decode("latin-1"), MAX_PARAMS)
+        return dict(query_pairs(posted.query.decode("latin-1"), MAX_PARAMS))
     except ValueError as exc:
         raise ApiError("invalid_query", f"more than {MAX_PARAMS} parameters") from exc
-    params = dict(query)
+
+
+async def _body_params(posted: Incoming, params: dict[str, str]) -> bytes:
+    """Add a POST's form or JSON body's parameters to `params` (the body wins); the raw
+    body."""
     if posted.method != "POST":
-        return params, b""
+        return b""
     body = await posted.body()
     if not body.strip():
-        return params, body
+        return body
     content_type = (posted.header(b"content-type") or "").split(";")[0].strip().lower()
     is_json = content_type == "application/json" or content_type.endswith("+json")
     if content_type == "multipart/form-data":
@@ -110,7 +115,7 @@ async def _params(posted: Incoming) -> tuple[dict[str, str], bytes]:
             params[name] = _text(name, value)
     else:
         params.update(_form_pairs(body))
-    return params, body
+    return body
 
 
 def _tags(params: dict[str, str]) -> dict[str, str]:
@@ -175,6 +180,7 @@ def _entry(req: Incoming, out: _Outcome, failure: ApiError | None, status: str |
             tags=tags,
             status=status,
             error=failure.code if failure is not None else None,
+            message=failure.message if failure is not None else None,
             http_status=failure.status if failure is not None else 200,
             remote_addr=req.address,
             user_agent=req.header(b"user-agent"),
@@ -199,41 +205,76 @@ def _rate_limited(exc: RateLimited) -> ApiError:
     )
 
 
-async def _key(svc: Services, req: Incoming, secret: str) -> KeyInfo:
-    """The usable key for `secret`, or the ApiError that refuses it."""
+async def _recognise(svc: Services, req: Incoming, secret: str) -> KeyInfo:
+    """The key `secret` names, or ApiError 401 `invalid_key` (429 while the address is
+    over the failed-key limit). A key this service knows still works from an address
+    over the limit; an unknown one is then refused without asking Postgres."""
     address = req.address or ""
     guard = svc.guard
     key = svc.resolver.cached(secret)
-    if key is None:
-        wait = guard.blocked_for(address)
-        if wait:
-            seconds = str(max(1, round(wait)))
-            raise ApiError(
-                "rate_limited",
-                "too many invalid keys from this address; retry later",
-                {"Retry-After": seconds},
-            )
-        key = await svc.resolver.resolve(secret)
-    if key is None:
-        if guard.per_minute:
-            attempts, left_ms = await svc.store.count_failure(address, guard.WINDOW_MS)
-            guard.record(address, attempts, left_ms)
-        raise ApiError("invalid_key")
+    if key is not None:
+        return key
+    wait = guard.blocked_for(address)
+    key = await svc.resolver.resolve(secret, fallback=not wait)
+    if key is not None:
+        return key
+    if wait:
+        raise ApiError("too_many_invalid_keys", headers={"Retry-After": str(max(1, round(wait)))})
+    if guard.per_minute:
+        attempts, left_ms = await svc.store.count_failure(address, guard.WINDOW_MS)
+        guard.record(address, attempts, left_ms)
+    raise ApiError("invalid_key")
+
+
+def _admit(key: KeyInfo, req: Incoming) -> None:
+    """ApiError 403 unless the key may post now from the request's address."""
     if key.paused:
         raise ApiError("key_paused")
     if not key.allows(req.address):
         raise ApiError("address_not_allowed")
-    return key
 
 
-async def _handle(svc: Services, req: Incoming, out: _Outcome) -> PostbackAnswer:
-    params, raw_body = await _params(req)
-    out.params = params
-    secret = path_key(req.path) or params.get("key")
-    if not secret:
+def _note_caller(out: _Outcome, params: dict[str, str], region: str) -> None:
+    """The caller as posted and, when it is a number, normalized: logged with whatever
+    refusal comes, so that the log's caller filter finds it."""
+    out.caller_raw = params.get("caller_number") or None
+    out.caller_number = None
+    if out.caller_raw is not None:
+        with contextlib.suppress(ApiError):  # refused later, in its turn
+            out.caller_number = phone.normalize(out.caller_raw, region)
+
+
+async def _handle(
+    svc: Services, req: Incoming, out: _Outcome, key: KeyInfo | None = None
+) -> PostbackAnswer:
+    """Write a postback's tags. The key is recognised as soon as it is read (from the
+    path, then the query, or the body), so that every refusal after that, the body's
+    included, is logged under it. `key`: the key, already known (a console test)."""
+    region = svc.settings.default_region
+    in_path = path_key(req.path)
+    out.params = params = _query(req)
+    _note_caller(out, params, region)
+    secret = in_path or params.get("key")
+    refused: ApiError | None = None  # the query's key, unless the body names another
+    if key is None and secret:
+        out.secret = secret
+        try:
+            key = await _recognise(svc, req, secret)
+        except ApiError as exc:
+            if in_path or req.method != "POST":
+                raise
+            refused = exc
+    out.key = key
+    raw_body = await _body_params(req, params)
+    _note_caller(out, params, region)
+    if not in_path and params.get("key") and params["key"] != secret:  # the body names it
+        out.secret = secret = params["key"]
+        out.key = key = await _recognise(svc, req, secret)
+    elif refused is not None:
+        raise refused
+    if key is None:
         raise ApiError("missing_key")
-    out.secret = secret
-    out.key = key = await _key(svc, req, secret)
+    _admit(key, req)
     presented = req.header(_SIGNATURE)
     if key.require_signature or presented:
         signing.verify(
@@ -249,12 +290,10 @@ async def _handle(svc: Services, req: Incoming, out: _Outcome) -> PostbackAnswer
         )
 
     out.call_uuid = call_uuid = params.get("call_uuid") or None
-    out.caller_raw = caller_raw = params.get("caller_number") or None
+    caller_raw = out.caller_raw
     if call_uuid is None and caller_raw is None:
         raise ApiError("missing_caller")
-    region = svc.settings.default_region
     caller = phone.normalize(caller_raw, region) if caller_raw is not None else None
-    out.caller_number = caller  # logged with a later rejection too, so filters find it
     out.tags = tags = _tags(params)
     if call_uuid is not None:
         found = await svc.store.caller_of(call_uuid) if CALL_UUID.fullmatch(call_uuid) else None
@@ -316,7 +355,7 @@ _PREFLIGHT = [
 ]
 
 
-async def _answer(svc: Services, req: Incoming) -> tuple[Answer, str]:
+async def _answer(svc: Services, req: Incoming, key: KeyInfo | None = None) -> tuple[Answer, str]:
     """Write tags for a caller.
 
     What a GET or POST gets, and its outcome (a status string or an error code)."""
@@ -326,7 +365,7 @@ async def _answer(svc: Services, req: Incoming) -> tuple[Answer, str]:
         return error_answer(full), full.code
     out = _Outcome()
     try:
-        answer = await _handle(svc, req, out)
+        answer = await _handle(svc, req, out, key)
         return (200, encode(answer), None), answer.status
     except ApiError as exc:
         failure = exc
@@ -433,3 +472,43 @@ class PublisherApi:
             log.exception("%s %s failed", req.method, req.path[:64])
             internal = ApiError("internal_error")
             return error_answer(internal), internal.code
+
+
+CONSOLE_AGENT = "calltags console (test a key)"  # the user agent its postbacks are logged with
+
+
+async def try_key(
+    svc: Services, key_id: int, params: dict[str, str], address: str | None
+) -> tuple[int, bytes]:
+    """One real postback through the key `key_id`, as the console's "Test a key" sends it:
+    the same handler and log entry as any postback (signed, when the key wants it), but
+    the key found by id, since its secret is nowhere to be had. (HTTP status, JSON body)
+    as the publisher would get them."""
+    key = await svc.publishers.key_info(key_id)
+    if key is None:
+        status, body, _ = error_answer(ApiError("key_not_found", f"no usable key {key_id}"))
+        return status, body
+    body = urlencode(params).encode()
+    headers = [
+        (b"content-type", b"application/x-www-form-urlencoded"),
+        (b"user-agent", CONSOLE_AGENT.encode()),
+    ]
+    if key.require_signature:
+        stamp = str(int(time.time()))
+        sign = signing.signature(key.signing_secret, stamp, "POST", PATH, "", body)
+        headers += [(_TIMESTAMP, stamp.encode()), (_SIGNATURE, sign.encode())]
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    scope = {
+        "type": "http", "method": "POST", "path": PATH, "query_string": b"",
+        "headers": headers, "client": (address, 0) if address else None,
+    }  # fmt: skip
+    (status, answer, _), _ = await _answer(svc, Incoming(scope, receive), key)
+    return status, answer

@@ -183,6 +183,14 @@ class Publishers(StoreBoundary):
         )
         return {row["id"]: key_model(row) for row in rows}
 
+    async def key_info(self, key_id: int) -> KeyInfo | None:
+        """What the hot path knows of the usable key `key_id`; None if there is none."""
+        row = await self.pool.fetchrow(
+            f"SELECT {_KEY_COLUMNS} FROM postback_keys WHERE id = $1 AND revoked_at IS NULL",
+            key_id,
+        )
+        return key_info(mirror_fields(row)) if row is not None else None
+
     async def update_key(self, key_id: int, update: KeyUpdate) -> Key:
         """Change the fields `update` gives of a usable key."""
         async with self.pool.acquire() as conn:

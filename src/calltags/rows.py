@@ -21,6 +21,7 @@ from typing import Any, TypeAlias
 import msgspec
 import orjson
 
+from calltags.errors import ERRORS
 from calltags.log import ENTRY_FIELD, MAX_TAG_VALUE, stream_id_ms
 from calltags.models import tag_sources
 from calltags.store import (
@@ -42,7 +43,7 @@ Row: TypeAlias = tuple[Any, ...]
 POSTBACK_COLUMNS = (
     "received_at", "id", "method", "publisher_id", "key_id", "key_prefix", "caller_raw",
     "caller_number", "call_uuid", "tags", "status", "error", "http_status", "remote_addr",
-    "user_agent", "latency_us",
+    "user_agent", "latency_us", "message",
 )  # fmt: skip
 _POSTBACK_VALUES = itemgetter(*POSTBACK_COLUMNS)
 CALL_COLUMNS = (
@@ -149,6 +150,7 @@ def postback_row(entry: dict[str, Any]) -> Row:
         _text(entry.get("remote_addr")),
         _text(entry.get("user_agent")),
         _int(entry.get("latency_us")),
+        _text(entry.get("message")),
     )
 
 
@@ -165,6 +167,7 @@ def undecodable_row(stream: str, entry_id: bytes, raw: bytes | None) -> Row:
         "undecodable_entry",
         0,
         *(None,) * 3,
+        ERRORS["undecodable_entry"].message,
     )
 
 
@@ -211,6 +214,8 @@ def log_rows(
                         unknown.append(code)
                     else:
                         doc["status"], doc["error"], doc["http_status"] = outcome
+                        error = outcome[1]  # the script's refusal: the table's message
+                        doc["message"] = ERRORS[error].message if error else None
                 if (found := fields.get(CALL_FIELD)) is not None:
                     snapshot = _snapshot(found, stream, entry_id, checked)
                     if snapshot is not None and doc.get("call_uuid") is None:
