@@ -11,6 +11,7 @@ from conftest import ROUTING
 ADMIN_ROUTES = [
     ("POST", "/admin/publishers"),
     ("GET", "/admin/publishers"),
+    ("PATCH", "/admin/publishers/1"),
     ("POST", "/admin/publishers/1/keys"),
     ("GET", "/admin/publishers/1/keys"),
     ("PATCH", "/admin/keys/1"),

@@ -81,7 +81,7 @@ async def call_page(page: Page) -> Response:
     publishers = {publisher.id: publisher for publisher in await svc.publishers.list_publishers()}
     keys = await svc.publishers.keys_by_id(s.key_id for s in call.tag_sources.values())
     tags: list[dict[str, Any]] = []
-    for name, value in call.tags.items():
+    for name, value in sorted(call.tags.items()):
         source = call.tag_sources.get(name)
         tags.append(
             {
