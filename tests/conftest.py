@@ -26,11 +26,13 @@ from typing import Any
 import httpx
 import pytest
 from cluster import local_cluster
+from logtools import open_sink
 from redis.asyncio import Redis, RedisCluster
 
 from calltags import db
 from calltags.app import create_app
 from calltags.config import CLUSTER_SCHEMES, Secret, Settings, load_settings
+from calltags.sink import Sink
 from calltags.store import RedisClient
 
 ADMIN_TOKEN = "test-admin-token"
@@ -237,3 +239,16 @@ def fresh_caller() -> str:
     """A caller number no other test uses in this run (US, E.164)."""
     n = next(_caller_counter)
     return f"+1212{secrets.randbelow(900) + 100}{n:04d}"
+
+
+def written_locally(caller: str) -> str:
+    """+12125550123 written the way a person would: (212) 555-0123."""
+    return f"({caller[2:5]}) {caller[5:8]}-{caller[8:]}"
+
+
+@pytest.fixture
+async def sink(settings: Settings, redis: RedisClient) -> AsyncIterator[Sink]:
+    """A sink on this run's log streams, as a worker runs it: `await sink.drain()`
+    moves what the tests posted into Postgres."""
+    async with open_sink(settings, redis) as found:
+        yield found

@@ -14,12 +14,10 @@ from urllib.parse import quote
 import httpx
 import pytest
 from apitools import connect, end
-from conftest import ADMIN, ROUTING, Keys, fresh_caller
-from logtools import fetch, open_sink
+from conftest import ADMIN, ROUTING, Keys, fresh_caller, written_locally
+from logtools import fetch
 from pagetools import Signed, sign_in, texts, value
-from redis.asyncio import Redis
 
-from calltags.config import Settings
 from calltags.models import DEFAULT_CUTOFF_SECONDS, DEFAULT_GRACE_SECONDS, DEFAULT_STORAGE_SECONDS
 from calltags.postbacks import CONSOLE_AGENT
 from calltags.sink import Sink
@@ -28,20 +26,9 @@ STORED = "call not found, tags stored"
 
 
 @pytest.fixture
-async def sink(settings: Settings, redis: Redis) -> AsyncIterator[Sink]:
-    async with open_sink(settings, redis) as found:
-        yield found
-
-
-@pytest.fixture
 async def browser(client: httpx.AsyncClient) -> AsyncIterator[Signed]:
     yield await sign_in(client)
     client.cookies.clear()
-
-
-def _local(caller: str) -> str:
-    """+12125550123 written the way a person would: (212) 555-0123."""
-    return f"({caller[2:5]}) {caller[5:8]}-{caller[8:]}"
 
 
 def _name(prefix: str) -> str:
@@ -175,7 +162,7 @@ async def test_a_new_key_shows_its_secret_and_url_once(
 
     # The URL works as it is handed out, the caller filled in.
     caller = fresh_caller()
-    answer = await client.get(url.replace("CALLER_NUMBER", quote(_local(caller))))
+    answer = await client.get(url.replace("CALLER_NUMBER", quote(written_locally(caller))))
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == STORED and answer.json()["caller_number"] == caller
 
@@ -296,14 +283,14 @@ async def test_testing_a_key_shows_the_answer_the_publisher_would_get(
 ) -> None:
     key = await keys.key()
     caller = fresh_caller()
-    form = browser.form(caller_number=_local(caller), tags="prequalified=true\r\nage=42")
+    form = browser.form(caller_number=written_locally(caller), tags="prequalified=true\r\nage=42")
     page = await client.post(f"/console/keys/{key['id']}/test", data=form, headers=browser.headers)
     assert page.status_code == 200, page.text
     assert texts(page.text, "tried-status") == ["HTTP 200"]
     (answer,) = texts(page.text, "answer")
     assert f'"status": "{STORED}"' in answer and f'"caller_number": "{caller}"' in answer
     assert '"tag_values": { "prequalified": "true", "age": "42" }' in answer
-    assert value(page.text, f"test-caller-{key['id']}") == _local(caller)  # kept
+    assert value(page.text, f"test-caller-{key['id']}") == written_locally(caller)  # kept
 
     refused = await client.post(
         f"/console/keys/{key['id']}/test",
@@ -346,7 +333,7 @@ async def test_the_calls_pages_show_each_tag_and_who_set_it(
     await sink.drain()
 
     listed = await client.get(
-        "/console/calls", params={"caller_number": _local(caller)}, headers=browser.headers
+        "/console/calls", params={"caller_number": written_locally(caller)}, headers=browser.headers
     )
     assert listed.status_code == 200
     row = ("data-id", call_uuid)

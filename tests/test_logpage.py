@@ -4,15 +4,13 @@ request's fields; in real headless Chromium against a uvicorn server."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
-from conftest import ADMIN_TOKEN, Keys, fresh_caller
-from logtools import open_sink, serve
-from redis.asyncio import Redis
+from conftest import ADMIN_TOKEN, Keys, fresh_caller, written_locally
+from logtools import serve
 
 from calltags.config import Settings
 from calltags.session import SESSION_COOKIE
@@ -28,17 +26,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TICK = 0.003  # s between posts, so that each has its own millisecond
-
-
-@pytest.fixture
-async def sink(settings: Settings, redis: Redis) -> AsyncIterator[Sink]:
-    async with open_sink(settings, redis) as found:
-        yield found
-
-
-def _local(caller: str) -> str:
-    """+12125550123 written the way a person would: (212) 555-0123."""
-    return f"({caller[2:5]}) {caller[5:8]}-{caller[8:]}"
 
 
 @pytest.mark.skipif(
@@ -85,7 +72,7 @@ async def test_log_page_in_headless_chromium(
                 assert session["sameSite"] == "Strict"
                 assert ADMIN_TOKEN not in session["value"]
 
-                await page.fill("input[name=caller_number]", _local(caller))
+                await page.fill("input[name=caller_number]", written_locally(caller))
                 await page.click("form.filters button[type=submit]")
                 await page.wait_for_url("**/console/log?*caller_number=*")
                 entries = page.locator("details.entry")

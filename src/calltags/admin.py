@@ -4,6 +4,9 @@ and answers; a handler gets the model and returns the answer's model."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import msgspec
 from starlette.requests import Request
 
@@ -37,12 +40,15 @@ def path_id(request: Request, name: str) -> int:
     return int(raw)
 
 
-def publisher_not_found(publisher_id: int) -> ApiError:
-    return ApiError("publisher_not_found", f"no publisher {publisher_id}")
-
-
-def key_not_found(key_id: int) -> ApiError:
-    return ApiError("key_not_found", f"no usable key {key_id}")
+@contextlib.contextmanager
+def missing_is_404() -> Iterator[None]:
+    """A publisher or key the store does not find is the API's 404 naming it."""
+    try:
+        yield
+    except PublisherNotFound as exc:
+        raise ApiError("publisher_not_found", f"no publisher {exc.args[0]}") from exc
+    except KeyNotFound as exc:
+        raise ApiError("key_not_found", f"no usable key {exc.args[0]}") from exc
 
 
 def public_base(svc: Services, request: Request) -> str:
@@ -71,60 +77,44 @@ async def list_publishers(svc: Services, request: Request) -> Publishers:
 @ROUTES.route("PATCH", "/admin/publishers/{publisher_id}", errors=_PUBLISHER)
 async def update_publisher(svc: Services, request: Request, body: PublisherUpdate) -> Publisher:
     """Change a publisher: its name."""
-    publisher_id = path_id(request, "publisher_id")
-    try:
-        return await svc.publishers.update_publisher(publisher_id, body)
-    except PublisherNotFound as exc:
-        raise publisher_not_found(publisher_id) from exc
+    with missing_is_404():
+        return await svc.publishers.update_publisher(path_id(request, "publisher_id"), body)
 
 
 @ROUTES.route("POST", "/admin/publishers/{publisher_id}/keys", status=201, errors=_PUBLISHER)
 async def create_key(svc: Services, request: Request, body: KeyCreate) -> NewSecret:
     """Create a postback key: the answer holds its secret, shown this once."""
-    publisher_id = path_id(request, "publisher_id")
-    try:
+    with missing_is_404():
+        publisher_id = path_id(request, "publisher_id")
         key, secret, signing_secret = await svc.publishers.create_key(publisher_id, body)
-    except PublisherNotFound as exc:
-        raise publisher_not_found(publisher_id) from exc
     return _with_secret(svc, request, key, secret, signing_secret=signing_secret)
 
 
 @ROUTES.route("GET", "/admin/publishers/{publisher_id}/keys", errors=_PUBLISHER)
 async def list_keys(svc: Services, request: Request) -> Keys:
     """List a publisher's keys (never their secrets)."""
-    publisher_id = path_id(request, "publisher_id")
-    try:
-        return Keys(items=await svc.publishers.list_keys(publisher_id))
-    except PublisherNotFound as exc:
-        raise publisher_not_found(publisher_id) from exc
+    with missing_is_404():
+        return Keys(items=await svc.publishers.list_keys(path_id(request, "publisher_id")))
 
 
 @ROUTES.route("PATCH", "/admin/keys/{key_id}", errors=_KEY)
 async def update_key(svc: Services, request: Request, body: KeyUpdate) -> Key:
     """Change a key: pause or resume it, rename it, its durations and security."""
-    key_id = path_id(request, "key_id")
-    try:
-        return await svc.publishers.update_key(key_id, body)
-    except KeyNotFound as exc:
-        raise key_not_found(key_id) from exc
+    with missing_is_404():
+        return await svc.publishers.update_key(path_id(request, "key_id"), body)
 
 
 @ROUTES.route("POST", "/admin/keys/{key_id}/rotate", errors=_KEY)
 async def rotate_key(svc: Services, request: Request, body: KeyRotate) -> NewSecret:
     """A new secret; the old one keeps working for grace_seconds."""
-    key_id = path_id(request, "key_id")
-    try:
+    with missing_is_404():
+        key_id = path_id(request, "key_id")
         key, secret = await svc.publishers.rotate_key(key_id, body.grace_seconds)
-    except KeyNotFound as exc:
-        raise key_not_found(key_id) from exc
     return _with_secret(svc, request, key, secret)
 
 
 @ROUTES.route("DELETE", "/admin/keys/{key_id}", errors=_KEY)
 async def revoke_key(svc: Services, request: Request) -> Key:
     """Revoke a key (within 1 s)."""
-    key_id = path_id(request, "key_id")
-    try:
-        return await svc.publishers.revoke_key(key_id)
-    except KeyNotFound as exc:
-        raise key_not_found(key_id) from exc
+    with missing_is_404():
+        return await svc.publishers.revoke_key(path_id(request, "key_id"))

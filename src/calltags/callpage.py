@@ -13,9 +13,9 @@ from starlette.responses import Response
 
 from calltags import logpage
 from calltags.errors import ApiError
-from calltags.models import CALL_STATES, CallFilters, CallRecord, TagSource
+from calltags.models import CALL_STATES, CallFilters, TagSource
 from calltags.operations import Api, Auth, Routes
-from calltags.pages import Page, paging
+from calltags.pages import Page, listing
 from calltags.times import iso
 
 PATH = "/console/calls"
@@ -27,28 +27,9 @@ _SET_AT_SLACK = timedelta(milliseconds=1)  # a tag's set_at is its postback's ti
 @ROUTES.route("GET", PATH, html=True, query=CallFilters)
 async def calls_page(page: Page) -> Response:
     """Recent calls: state, caller, campaign, start and end, tag count; filtered."""
-    svc = page.svc
-    given = page.given(CallFilters)
-    calls: list[CallRecord] = []
-    links = paging(PATH, given, None)
-    message = None
-    status = 200
-    try:
-        found = await svc.records.calls(
-            page.query(CallFilters, limit=PAGE_LIMIT), svc.settings.default_region
-        )
-        calls, links = found.items, paging(PATH, given, found.next_cursor)
-    except ApiError as exc:  # a filter refused: said on the page, the filters kept
-        message, status = exc.message, exc.status
-    context = {
-        "section": "calls",
-        "calls": calls,
-        "filters": given,
-        "states": CALL_STATES,
-        "message": message,
-        **links,
-    }
-    return page.render("calls.html", context, status)
+    found = await listing(page, CallFilters, PAGE_LIMIT, page.svc.records.calls)
+    context = {"section": "calls", "calls": found.items, "states": CALL_STATES, **found.context}
+    return page.render("calls.html", context, found.status)
 
 
 def writer_url(caller_number: str, source: TagSource) -> str:

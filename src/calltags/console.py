@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from calltags import forms, pages, postbacks, session
-from calltags.admin import key_not_found, path_id, public_base, publisher_not_found
+from calltags.admin import missing_is_404, path_id, public_base
 from calltags.errors import ApiError
 from calltags.http import read_body
 from calltags.models import (
@@ -38,7 +38,7 @@ from calltags.models import (
 )
 from calltags.operations import Api, Auth, Routes
 from calltags.pages import Page, Refusal, redirect
-from calltags.publishers import KeyNotFound, PublisherNotFound, example_url
+from calltags.publishers import KeyNotFound, example_url
 from calltags.services import Services, services
 
 ROUTES = Routes(Api.ADMIN, Auth.SESSION)
@@ -163,19 +163,15 @@ class Tried:
 
 
 async def _publisher_and_keys(svc: Services, publisher_id: int) -> tuple[Publisher, list[Key]]:
-    try:
+    with missing_is_404():
         publisher = await svc.publishers.get_publisher(publisher_id)
         return publisher, await svc.publishers.list_keys(publisher_id)
-    except PublisherNotFound as exc:
-        raise publisher_not_found(publisher_id) from exc
 
 
 async def _key(svc: Services, key_id: int) -> Key:
     """The key (revoked ones too), or the 404 page."""
-    try:
+    with missing_is_404():
         return await svc.publishers.get_key(key_id)
-    except KeyNotFound as exc:
-        raise key_not_found(key_id) from exc
 
 
 def _status(key: Key) -> str:
@@ -220,10 +216,9 @@ async def _on_publisher(
     """`action` on the publisher of the path; a refusal is its page with the message."""
     publisher_id = path_id(page.request, "publisher_id")
     try:
-        return await action(publisher_id)
-    except PublisherNotFound as exc:
-        raise publisher_not_found(publisher_id) from exc
-    except ApiError as exc:
+        with missing_is_404():
+            return await action(publisher_id)
+    except ApiError as exc:  # a 404 too: the publisher's page then says it
         return await _publisher(page, publisher_id, refused=page.refusal(form, exc))
 
 

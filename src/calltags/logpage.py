@@ -6,6 +6,7 @@ went to (linked); opened, the request's fields as a table, then the raw entry.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -13,10 +14,15 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from calltags.errors import ApiError
-from calltags.models import STATUS_FILTERS, Key, PostbackEntry, PostbackFilters, Publisher
+from calltags.models import (
+    STATUS_FILTERS,
+    Key,
+    PostbackEntry,
+    PostbackFilters,
+    Publisher,
+)
 from calltags.operations import Api, Auth, Routes
-from calltags.pages import Page, paging, redirect
+from calltags.pages import Page, listing, redirect
 
 PATH = "/console/log"
 PAGE_LIMIT = "50"  # entries a page shows unless the URL asks otherwise
@@ -49,19 +55,9 @@ def _entry_view(
 async def log_page(page: Page) -> Response:
     """The postback log page: filters, newest first, each entry opened to its fields."""
     svc = page.svc
-    given = page.given(PostbackFilters)
-    entries: list[PostbackEntry] = []
-    links = paging(PATH, given, None)
-    message = None
-    status = 200
-    key_filter = None
-    try:
-        query = page.query(PostbackFilters, limit=PAGE_LIMIT)
-        key_filter = query.key_id
-        found = await svc.records.postbacks(query, svc.settings.default_region)
-        entries, links = found.items, paging(PATH, given, found.next_cursor)
-    except ApiError as exc:  # a filter refused: said on the page, the filters kept
-        message, status = exc.message, exc.status
+    found = await listing(page, PostbackFilters, PAGE_LIMIT, svc.records.postbacks)
+    entries: Sequence[PostbackEntry] = found.items
+    key_filter = found.query.key_id if found.query is not None else None
     publishers = {publisher.id: publisher for publisher in await svc.publishers.list_publishers()}
     wanted = {entry.key_id for entry in entries if entry.key_id is not None}
     keys = await svc.publishers.keys_by_id(wanted | ({key_filter} if key_filter else set()))
@@ -69,13 +65,11 @@ async def log_page(page: Page) -> Response:
     context = {
         "section": "log",
         "entries": [_entry_view(entry, publishers, keys) for entry in entries],
-        "filters": given,
         "filtered_key": keys.get(key_filter or 0),
-        "message": message,
         "publishers": publishers,
         "statuses": STATUS_FILTERS,
         "backlog": backlog.total,
         "lag_seconds": round(backlog.oldest_age_seconds(), 1),
-        **links,
+        **found.context,
     }
-    return page.render("log.html", context, status)
+    return page.render("log.html", context, found.status)

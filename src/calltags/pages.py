@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import quote, urlencode
 
 import jinja2
@@ -150,15 +150,52 @@ class Page:
         return render(self.request, name, {"csrf": self.viewer.csrf, **context}, status)
 
 
-def paging(path: str, given: dict[str, str], next_cursor: str | None) -> dict[str, Any]:
-    """The links of a listing page: older (with the next cursor), and back to the newest."""
+class Paged(Protocol):
+    """A page of records as `records` reads them."""
+
+    @property
+    def items(self) -> Sequence[Any]: ...
+
+    @property
+    def next_cursor(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Listing(Generic[T]):
+    """A listing page's records: the filters as given, as the model (None: refused),
+    the items, and what the page shows around them (paging links, a refused filter's
+    message)."""
+
+    query: T | None
+    items: Sequence[Any]
+    context: dict[str, Any]
+    status: int
+
+
+async def listing(
+    page: Page, model: type[T], limit: str, read: Callable[[T, str], Awaitable[Paged]]
+) -> Listing[T]:
+    """The listing the page's query asks for, as `read(query, default region)` reads
+    it, `limit` a page unless the query says otherwise; a refused filter is said on the
+    page, the filters kept."""
+    path = page.request.url.path
+    given = page.given(model)
     first = {name: value for name, value in given.items() if name != "cursor"}
-    older = None if next_cursor is None else f"{path}?{urlencode({**first, 'cursor': next_cursor})}"
-    return {
-        "next_url": older,
+    context: dict[str, Any] = {
+        "filters": given,
+        "message": None,
+        "next_url": None,
         "newest_url": f"{path}?{urlencode(first)}",
         "first_page": "cursor" not in given,
     }
+    try:
+        query = page.query(model, limit=limit)
+        found = await read(query, page.svc.settings.default_region)
+    except ApiError as exc:
+        return Listing(None, [], {**context, "message": exc.message}, exc.status)
+    if found.next_cursor is not None:
+        context["next_url"] = f"{path}?{urlencode({**first, 'cursor': found.next_cursor})}"
+    return Listing(query, found.items, context, 200)
 
 
 def error_page(request: Request, status: int, title: str, message: str, csrf: str = "") -> Response:
