@@ -205,6 +205,7 @@ async def _publisher(
         "rotate": forms.specs(KeyRotate),
         "key_types": KEY_TYPE_LABELS,
         "default_rate": svc.settings.rate_limit,
+        "console_agent": postbacks.CONSOLE_AGENT,
     }
     status = refused.status if refused else 200
     return page.render("publisher.html", context, status)
