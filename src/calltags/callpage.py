@@ -74,11 +74,13 @@ async def call_page(page: Page) -> Response:
                 "writer_url": writer_url(call.caller_number, source) if source else None,
             }
         )
+    caller = {"caller_number": call.caller_number}
     context = {
         "section": "calls",
         "call": call,
         "tags": tags,
-        "log_url": f"{logpage.PATH}?{urlencode({'call_uuid': call.call_uuid})}",
-        "caller_url": f"{logpage.PATH}?{urlencode({'caller_number': call.caller_number})}",
+        # With the caller: the log's index is by caller, and a call's postbacks are its.
+        "log_url": f"{logpage.PATH}?{urlencode({**caller, 'call_uuid': call.call_uuid})}",
+        "caller_url": f"{logpage.PATH}?{urlencode(caller)}",
     }
     return page.render("call.html", context)

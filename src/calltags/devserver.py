@@ -229,9 +229,10 @@ def _serve(
     processes["worker"] = _spawn(worker, env, cwd=_checkout())
     _say(
         f"\ncalltags on http://localhost:{settings.port}"
+        f"\nconsole: http://localhost:{settings.port}/console (sign in with the admin token)"
         f"\nadmin token{' (new)' if created else ''}: {token}"
         f"\n  (kept in {data_dir / 'admin_token'}; set CALLTAGS_ADMIN_TOKEN to choose one)"
-        "\ncreate a publisher and a key from another terminal:"
+        "\ncreate a publisher and a key there, or from another terminal:"
         "\n  .venv/bin/calltags publisher create 'Acme Leads'"
         "\n  .venv/bin/calltags key create --publisher 1 --name main"
         "\nCtrl-C stops everything.\n"
