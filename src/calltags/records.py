@@ -1,5 +1,6 @@
 """The durable records in Postgres, read: pages of the postback log and of the call
-records, newest first, filtered, paged by an opaque cursor. Postgres errors become
+records, newest first, filtered, paged by an opaque cursor; one call's record, and the
+counts the console shows beside publishers and keys. Postgres errors become
 StoreUnavailable here, once."""
 
 from __future__ import annotations
