@@ -35,7 +35,7 @@ from redis.asyncio import Redis
 
 from bench.flush_bench import measure_flush
 from calltags import db
-from calltags.devserver import embedded_postgres, embedded_valkey
+from calltags.devstores import embedded_postgres, embedded_valkey
 from calltags.keys import KeySpace
 from calltags.models import MAX_BURST, MAX_RATE, KeyCreate
 from calltags.publishers import Publishers

@@ -24,10 +24,6 @@ from calltags.cli import RUN_ENV
 from calltags.config import Settings
 from calltags.devstores import Stores, StoresNotStarted, embedded_stores
 
-# tests/conftest.py and bench/ start the stores in-process through these names.
-from calltags.devstores import embedded_postgres as embedded_postgres
-from calltags.devstores import embedded_valkey as embedded_valkey
-
 STOP_WAIT = 35.0  # s web and worker get to stop; the worker's STOP_TIMEOUT is 30 s
 POLL = 0.1  # s between two looks at the processes
 
