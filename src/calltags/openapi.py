@@ -61,7 +61,7 @@ def _errors(op: Operation) -> dict[str, Any]:
         by_status.setdefault(ERRORS[code].status, []).append(code)
     responses: dict[str, Any] = {}
     for status, codes in sorted(by_status.items()):
-        if op.html and ERRORS[codes[0]].status != 500:  # a page says it (a bug is JSON)
+        if op.html and status not in (405, 500):  # a page says it (not a 405 or a bug)
             responses[str(status)] = _page("a page saying the error: " + ", ".join(codes))
             continue
         schema = {"allOf": [_ref(Error)], "properties": {"error": {"enum": codes}}}
