@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from conftest import ADMIN, Keys, fresh_caller
-from logtools import fetch, open_sink
-from redis.asyncio import Redis
+from conftest import ADMIN, Keys, fresh_caller, written_locally
+from logtools import fetch
 
 from calltags import postbacks, signing
 from calltags.app import create_app
@@ -25,16 +23,6 @@ from calltags.services import Services
 from calltags.sink import Sink
 
 STORED = "call not found, tags stored"
-
-
-@pytest.fixture
-async def sink(settings: Settings, redis: Redis) -> AsyncIterator[Sink]:
-    async with open_sink(settings, redis) as found:
-        yield found
-
-
-def _local(caller: str) -> str:
-    return f"({caller[2:5]}) {caller[5:8]}-{caller[8:]}"
 
 
 async def _logged(database_url: str, sink: Sink, marker: str) -> dict[str, Any]:
@@ -61,7 +49,7 @@ async def _refused(
     the message the client got (or `message`)."""
     marker = f"attribution-{secrets.token_hex(4)}"
     caller = fresh_caller()
-    given = {"caller_number": _local(caller), "a": "1", **(params or {})}
+    given = {"caller_number": written_locally(caller), "a": "1", **(params or {})}
     if path == "/data_writing":
         given["key"] = key["key"]
     response = await client.request(
@@ -74,7 +62,7 @@ async def _refused(
     assert (row["error"], row["http_status"]) == (code, status)
     assert row["publisher_id"] == key["publisher_id"], row
     assert row["key_id"] == key["id"], row
-    assert row["caller_raw"] == _local(caller)
+    assert row["caller_raw"] == written_locally(caller)
     assert row["caller_number"] == caller
     assert row["message"] == (message or response.json()["message"])
     # ... so the log's filters find it.
@@ -169,13 +157,13 @@ async def test_an_unknown_key_is_logged_with_the_caller_and_the_keys_start(
     caller = fresh_caller()
     response = await client.get(
         "/data_writing",
-        params={"key": "ct_unknown-key", "caller_number": _local(caller), "a": "1"},
+        params={"key": "ct_unknown-key", "caller_number": written_locally(caller), "a": "1"},
         headers={"User-Agent": marker},
     )
     assert response.status_code == 401
     row = await _logged(database_url, sink, marker)
     assert (row["publisher_id"], row["key_id"], row["key_prefix"]) == (None, None, "ct_unkno")
-    assert (row["caller_raw"], row["caller_number"]) == (_local(caller), caller)
+    assert (row["caller_raw"], row["caller_number"]) == (written_locally(caller), caller)
     assert row["message"] == "the postback key is not valid"
 
 
@@ -204,7 +192,7 @@ async def test_the_console_test_of_a_key_is_a_logged_postback(
         assert isinstance(svc, Services)
         for key in (plain, signed):  # a key that wants signed postbacks is signed for it
             caller = fresh_caller()
-            params = {"caller_number": _local(caller), "zip": "10001"}
+            params = {"caller_number": written_locally(caller), "zip": "10001"}
             status, body = await postbacks.try_key(svc, key["id"], params, "203.0.113.5")
             assert status == 200, body
             assert orjson.loads(body)["status"] == STORED
