@@ -24,6 +24,12 @@ class StoreUnavailable(Exception):
     """Redis or Postgres could not be reached or refused the write."""
 
 
+class WriteUnconfirmed(StoreUnavailable):
+    """A postback's write reached the primary, but not the replicas that
+    CALLTAGS_WRITE_ACK=replica asks for, in time: answered 503, as it may be lost. The
+    store has already logged the request as answered so (the same log entry, marked)."""
+
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
