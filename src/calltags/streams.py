@@ -4,9 +4,9 @@ any number of worker processes share the shards.
 New entries are read in slices; entries a dead worker read and never acknowledged are
 taken over (XAUTOCLAIM) once idle for `claim_idle_ms`; a batch is acknowledged and
 deleted together (ack-1.lua), once its rows are committed; consumers long gone are
-removed from the group. After Redis failed a call on a stream (a failover among
-others), the consumer's own unacknowledged entries are read again first: the promoted
-replica may hold as delivered to it entries whose delivery never reached it.
+removed from the group. After Redis failed a call (a failover among others), each
+stream's own unacknowledged entries are read again first: the promoted replica may hold
+as delivered to this consumer entries whose delivery never reached it.
 """
 
 from __future__ import annotations
@@ -60,16 +60,18 @@ class StreamReader:
         self.claim_idle_ms = claim_idle_ms
         self._claim_cursor: dict[str, bytes] = {}
         self._claim_due: dict[str, float] = {}
-        self._unsure: set[str] = set()  # streams a Redis call failed on since their last look
+        self._unsure: set[str] = set()  # streams to look at again: Redis failed since
         self._ack = scripts.register(redis, "ack-1.lua")
 
     @contextlib.contextmanager
-    def _watching(self, stream: str) -> Iterator[None]:
-        """Remembers a Redis failure on `stream`, for `read_again`."""
+    def _watching(self) -> Iterator[None]:
+        """Remembers a Redis failure, for `read_again`. Any stream's: in a failover
+        some connections break (a read blocked on the dead or demoted primary) while
+        others only find the new primary when they next connect, without an error."""
         try:
             yield
         except REDIS_ERRORS:
-            self._unsure.add(stream)
+            self._unsure.update(self.streams)
             raise
 
     async def ensure_groups(self, streams: Iterable[str] | None = None) -> None:
@@ -83,7 +85,7 @@ class StreamReader:
     async def read(self, stream: str, block_ms: int | None) -> list[Entry]:
         """Up to `batch` new entries, read in slices; the first read waits up to
         `block_ms` for one to come."""
-        with self._watching(stream):
+        with self._watching():
             entries = await self._read_slice(stream, min(self.batch, REDIS_SLICE), block_ms)
             last = len(entries)
             while last == REDIS_SLICE and len(entries) < self.batch:  # maybe more waiting
@@ -93,13 +95,13 @@ class StreamReader:
         return entries
 
     async def read_again(self, stream: str) -> list[Entry]:
-        """After Redis failed a call on `stream`: entries this consumer read and has not
+        """After Redis failed a call: entries of `stream` this consumer read and has not
         acknowledged, as Redis holds them now (after a failover, the promoted replica may
         hold as delivered what never reached this worker, and `>` never delivers an entry
         twice). Empty, and no command sent, once none is left. Entries deleted meanwhile
         (their rows committed) are only acknowledged."""
         while stream in self._unsure:
-            with self._watching(stream):
+            with self._watching():
                 entries = await self._read_slice(stream, min(self.batch, REDIS_SLICE), at="0")
                 gone = [entry_id for entry_id, fields in entries if fields is None]
                 if gone:
@@ -136,7 +138,7 @@ class StreamReader:
             return []
         cursor = self._claim_cursor.get(stream, b"0-0")
         try:
-            with self._watching(stream):
+            with self._watching():
                 reply = await self.redis.xautoclaim(
                     stream,
                     SINK_GROUP,
@@ -160,7 +162,7 @@ class StreamReader:
         return claimed
 
     async def acknowledge(self, stream: str, ids: list[bytes]) -> None:
-        with self._watching(stream):
+        with self._watching():
             for first in range(0, len(ids), REDIS_SLICE):
                 await self._ack(
                     keys=[stream], args=[SINK_GROUP, b" ".join(ids[first : first + REDIS_SLICE])]
