@@ -234,11 +234,137 @@ class PostgresGate:
         self._loop.close()
 
 
+class ReplicationLag:
+    """A TCP proxy on a port of its own in front of the primary: the port the world knows
+    the primary by (Sentinels, the replica, clients; tests/sentinels.py `announced`), on
+    an event loop of its own thread, as PostgresGate.
+
+    What the primary sends on a replication link (a connection whose client sent PSYNC)
+    reaches the replica `delay` s late, as to a replica in another zone; everything else
+    passes at once, so a client can have its reply before the replica has the write.
+    `crash()` is the primary's machine dying: the port stops answering, every connection
+    through it is cut, and what it had not yet delivered to the replica is lost with it.
+    `revive()` makes the port forward again (the node restarted).
+    """
+
+    def __init__(self, delay: float) -> None:
+        self.port = free_port()
+        self.target_port = 0  # set before start(): the primary's own port
+        self.delay = delay
+        self._server: asyncio.Server | None = None
+        self._cuts: set[Callable[[], None]] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="lag", daemon=True)
+        self._thread.start()
+
+    async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+
+    async def start(self) -> None:
+        await self._call(self._listen())
+
+    async def revive(self) -> None:
+        await self._call(self._listen())
+
+    async def crash(self) -> None:
+        await self._call(self._cut())
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def _cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for cut in list(self._cuts):
+            cut()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        replication = asyncio.Event()
+        pumps = [
+            asyncio.create_task(self._upstream(reader, up_writer, replication)),
+            asyncio.create_task(self._downstream(up_reader, writer, replication)),
+        ]
+
+        def cut() -> None:
+            for pump in pumps:
+                pump.cancel()
+            writer.transport.abort()
+            up_writer.transport.abort()
+
+        self._cuts.add(cut)
+        try:
+            await asyncio.gather(*pumps, return_exceptions=True)
+        finally:
+            self._cuts.discard(cut)
+            cut()
+
+    @staticmethod
+    async def _upstream(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, replication: asyncio.Event
+    ) -> None:
+        """Client to primary, at once; a replica's handshake (PSYNC in its first bytes)
+        marks the connection as a replication link."""
+        seen = b""
+        while data := await reader.read(65536):
+            if len(seen) < 4096 and not replication.is_set():
+                seen += data
+                if b"SYNC\r\n" in seen:  # PSYNC (or the old SYNC), as a replica sends it
+                    replication.set()
+            writer.write(data)
+            await writer.drain()
+
+    async def _downstream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, replication: asyncio.Event
+    ) -> None:
+        """Primary to client: each chunk at once, or `delay` s after it came on a
+        replication link (in order: a queue of chunks with the time each is due)."""
+        loop = asyncio.get_running_loop()
+        due: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                at, data = await due.get()
+                if at > loop.time():
+                    await asyncio.sleep(at - loop.time())
+                if not data:
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        delivering = asyncio.create_task(deliver())
+        try:
+            while True:
+                data = await reader.read(65536)
+                lag = self.delay if replication.is_set() else 0.0
+                due.put_nowait((loop.time() + lag, data))
+                if not data:
+                    break
+            await delivering
+        finally:
+            delivering.cancel()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._cut(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
 def service_env(
-    redis_url: str, database_url: str, prefix: str, admin: str, routing: str
+    redis_url: str, database_url: str, prefix: str, admin: str, routing: str, **extra: str
 ) -> dict[str, str]:
     """The environment of the web and worker processes: the inherited one without any
-    CALLTAGS_* setting (so the run does not depend on the caller's shell), plus ours."""
+    CALLTAGS_* setting (so the run does not depend on the caller's shell), plus ours and
+    `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLTAGS_")}
     path = env.get("PYTHONPATH")
     env.update(
@@ -252,17 +378,18 @@ def service_env(
         CALLTAGS_FLUSH_CLAIM_IDLE_SECONDS="2",
         PYTHONPATH=f"{ROOT}{os.pathsep}{path}" if path else str(ROOT),
         PYTHONUNBUFFERED="1",
+        **extra,
     )
     env.pop("PORT", None)
     return env
 
 
-def web_process(port: int, env: dict[str, str], folder: Path) -> Process:
+def web_process(port: int, env: dict[str, str], folder: Path, name: str = "web") -> Process:
     argv = [
         sys.executable, "-m", "uvicorn", "--factory", "calltags.app:create_app",
         "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
-    return Process("web", argv, env, folder, folder / "web.log")
+    return Process(name, argv, env, folder, folder / f"{name}.log")
 
 
 def worker_process(n: int, env: dict[str, str], folder: Path) -> Process:

@@ -24,7 +24,7 @@ import orjson
 from .harness import backlog, pending_by_consumer, streams, until
 from .load import SEQ_TAG, Load, Outcome
 from .report import REPORTS, Fault, Verdict, table
-from .stack import ADMIN_TOKEN, ROUTING_TOKEN, Stack
+from .stack import ADMIN_TOKEN, ROUTING_TOKEN, Service, Stack
 
 RATE = 300.0  # postbacks a second
 CALLERS = [f"+16465{n:06d}" for n in range(400)]  # the load's callers
@@ -256,7 +256,7 @@ async def _recovered(load: Load, since: float) -> float:
     return time.monotonic() - since
 
 
-async def _drain(stack: Stack, timeout: float = 45.0) -> tuple[float | None, str]:
+async def _drain(stack: Service, timeout: float = 45.0) -> tuple[float | None, str]:
     """(seconds until the workers moved every entry to Postgres, None if they did not
     within `timeout`; what was left). The streams are then empty: an entry is deleted
     only after its commit."""
@@ -335,7 +335,7 @@ async def _calls_before_faults(http: httpx.AsyncClient, key: str, run: str) -> l
 
 
 async def _verdict(
-    stack: Stack, load: Load, kept: list[KeptCall], http: httpx.AsyncClient
+    stack: Service, load: Load, kept: list[KeptCall], http: httpx.AsyncClient
 ) -> Verdict:
     conn = await asyncpg.connect(stack.database_url)
     try:
