@@ -14,22 +14,22 @@ a proxy in front of it, which the fault suite uses to delay the replication link
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import subprocess
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 
 from cluster import dying_with_parent, server_binary, wait_ping
-from logtools import free_port
+from logtools import free_port, until
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 SERVICE = "calltags"
 QUORUM = 2
-DOWN_AFTER_MS = 1000  # without an answer this long, a Sentinel calls a server down
+# Without an answer this long, a Sentinel calls a server down. Above 1 s, the period of
+# its PINGs: a Sentinel sends the first PING to a promoted primary 1 s after the switch
+# and, at 1 s exactly, would call it down before the answer came (a second failover).
+DOWN_AFTER_MS = 2000
 # Also how long a Sentinel waits before trying a failover again that did not succeed
 # (twice this), and after which it rewires a replica that follows another address.
 FAILOVER_TIMEOUT_MS = 10_000
@@ -156,7 +156,7 @@ class SentinelSet:
             server.start()
         for server in self.servers[1:]:
             server.wait_ready()
-        await _until(self._watching, "the Sentinels see each other and the replica", timeout)
+        await until(self._watching, "the Sentinels see each other and the replica", timeout)
         await self.wait_synced(self.replica, timeout)
 
     def restart_as_replica(self, server: Server, primary_port: int) -> None:
@@ -210,7 +210,7 @@ class SentinelSet:
             promoted[:] = [port]
             return bool(role == "master")
 
-        await _until(switched, f"the Sentinels promote a replica of {old_port}", timeout)
+        await until(switched, f"the Sentinels promote a replica of {old_port}", timeout)
         return promoted[0]
 
     async def wait_synced(self, replica: Server, timeout: float = 30.0) -> float:
@@ -224,7 +224,7 @@ class SentinelSet:
                 return False
             return bool(info.get("role") == "slave" and info.get("master_link_status") == "up")
 
-        return await _until(synced, f"{replica.name} synced with its primary", timeout)
+        return await until(synced, f"{replica.name} synced with its primary", timeout)
 
     def close(self) -> None:
         for server in self.servers:
@@ -233,14 +233,3 @@ class SentinelSet:
 
 def _client(port: int) -> Redis:
     return Redis(port=port, socket_connect_timeout=0.5, socket_timeout=2)
-
-
-async def _until(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float, every: float = 0.05
-) -> float:
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > timeout:
-            raise RuntimeError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(every)
-    return time.monotonic() - started

@@ -25,9 +25,10 @@ class StoreUnavailable(Exception):
 
 
 class WriteUnconfirmed(StoreUnavailable):
-    """A postback's write reached the primary, but not the replicas that
-    CALLTAGS_WRITE_ACK=replica asks for, in time: answered 503, as it may be lost. The
-    store has already logged the request as answered so (the same log entry, marked)."""
+    """A postback's write was not confirmed: the replicas CALLTAGS_WRITE_ACK=replica asks
+    for did not hold it in time, or Redis's reply was lost. It is answered 503 (it may
+    have happened, and may be lost); the store has already logged the request as
+    answered so (the same log entry, marked)."""
 
 
 _P = ParamSpec("_P")

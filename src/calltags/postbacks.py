@@ -292,7 +292,7 @@ async def _handle(svc: Services, req: Incoming, out: _Outcome) -> PostbackAnswer
         raise _rate_limited(exc) from exc
     except WriteUnconfirmed as exc:  # the store logged it as answered so (failover issue)
         out.logged = True
-        raise ApiError("unavailable", "the write is not on enough replicas yet; retry") from exc
+        raise ApiError("unavailable", "the write is not confirmed (it may have happened)") from exc
     out.logged = True
     return PostbackAnswer(
         tag_values=tags,

@@ -9,13 +9,13 @@ answer; CallNotFound and RateLimited are answers, not failures.
 With a ReplicaAck (CALLTAGS_WRITE_ACK=replica) every write is followed by a WAIT on the
 connection that carried it: once per auto-pipeline batch on one node, once per command
 on a cluster shard. A write the replicas did not confirm in time raises StoreUnavailable;
-a postback's then WriteUnconfirmed, its log entry marked as answered 503 (ANSWER_FIELD).
+a postback's then WriteUnconfirmed, its log entry marked as answered 503 (ANSWER_FIELD),
+as is a postback's whose reply Redis did not give (in either mode).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable
@@ -225,19 +225,24 @@ class Store(StoreBoundary, ABC):
             await self._log_unconfirmed(entry, None)
             raise WriteUnconfirmed(str(exc)) from exc
 
-    async def _log_unconfirmed(self, entry: bytes, reply: Any) -> None:
-        """The request of `entry` was answered 503 as its write was not confirmed: its
+    async def _log_unconfirmed(self, entry: bytes, reply: Any) -> bool:
+        """The request of `entry` is answered 503 as its write was not confirmed: its
         entry again, with the outcome and call of the write script's `reply` when there is
-        one, marked with the answer. If even this fails, the entry the write appended (if
-        any) stands: Redis holds what it says."""
+        one, marked with the answer; whether Redis took it. If not, the entry the write
+        appended (if any) stands: Redis holds what it says."""
         fields: list[Any] = [ENTRY_FIELD, entry]
         if isinstance(reply, list) and reply and isinstance(reply[0], int):
             fields += [OUTCOME_FIELD, reply[0]]
             if len(reply) > 2:
                 fields += [CALL_FIELD, reply[2]]
         fields += [ANSWER_FIELD, UNCONFIRMED_ANSWER]
-        with contextlib.suppress(*REDIS_ERRORS):  # Unconfirmed too: it is on the primary
+        try:
             await self._queue("XADD", next(self._log_shards), "*", *fields)
+        except Unconfirmed:  # on the primary, as the write was
+            return True
+        except REDIS_ERRORS:
+            return False
+        return True
 
     async def write_tags(
         self,
@@ -282,6 +287,13 @@ class Store(StoreBoundary, ABC):
             if log_entry is not None:
                 await self._log_unconfirmed(log_entry, exc.reply)
             raise WriteUnconfirmed(str(exc)) from exc
+        except REDIS_ERRORS as exc:
+            # The write may have happened (a reply lost with its connection, in a
+            # failover): logged under the entry's own id, so that the entry the write may
+            # have appended and this one make one row, the 503.
+            if log_entry is not None and await self._log_unconfirmed(log_entry, None):
+                raise WriteUnconfirmed(f"{type(exc).__name__}: {exc}") from exc
+            raise
         if code == -2:
             assert rate is not None
             raise RateLimited(int(detail), rate.per_second, rate.burst)

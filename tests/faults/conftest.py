@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from logtools import free_port
 from sentinels import SentinelSet
 
 from calltags import db
 
-from .harness import PostgresGate, RedisServer, ReplicationLag
+from .harness import PostgresGate, RedisServer, ReplicationLag, ThreadedProxy
 from .report import REPORTS
 from .stack import Service, Stack
 
@@ -84,7 +85,7 @@ async def stack(server_database_url: str, request: pytest.FixtureRequest) -> Asy
 class Failover:
     service: Service
     sentinels: SentinelSet
-    lag: ReplicationLag  # the primary's port as the world knows it
+    lag: ThreadedProxy  # a ReplicationLag: the primary's port as the world knows it
     write_ack: str  # CALLTAGS_WRITE_ACK of the web processes
 
 
@@ -97,14 +98,14 @@ async def failover(
     by REPLICATION_LAG s."""
     write_ack: str = request.param
     async with _run(server_database_url, request) as (run, folder, dsn):
-        lag = ReplicationLag(REPLICATION_LAG)
-        sentinels = SentinelSet(folder / "redis", announced=lag.port)
-        lag.target_port = sentinels.primary.port
+        announced = free_port()
+        sentinels = SentinelSet(folder / "redis", announced)
+        lag = ThreadedProxy(ReplicationLag(sentinels.primary.port, announced, REPLICATION_LAG))
         gate = PostgresGate(dsn)
         settings = {"CALLTAGS_WRITE_ACK": write_ack}
         service = Service(run, folder, sentinels.url, gate, dsn, webs=2, settings=settings)
         try:
-            await lag.start()
+            await lag.open()
             async with sentinels:
                 await gate.open()
                 await service.start_web()

@@ -17,32 +17,18 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 from cluster import server_binary
-from logtools import PgProxy, free_port
+from logtools import PgProxy, Streams, TcpProxy, free_port, pipe, until
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: `workers/` lives here
 T = TypeVar("T")
-
-
-async def until(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float, every: float = 0.05
-) -> float:
-    """Poll `check` until it is true; the seconds it took. AssertionError naming `what`
-    past `timeout`."""
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(every)
-    return time.monotonic() - started
 
 
 def _linux_die_with_parent() -> Callable[[], None] | None:
@@ -191,21 +177,17 @@ class RedisServer(Process):
         return await until(answers, "redis answers PING", timeout)
 
 
-class PostgresGate:
-    """tests/logtools.PgProxy on an event loop of its own thread: the test's loop is busy
-    sending load, which must not slow the workers' Postgres traffic down. `cut()` makes
-    Postgres unreachable (refused, open connections reset), `open()` reachable again."""
+class ThreadedProxy:
+    """A tests/logtools TcpProxy on an event loop of its own thread: the test's loop is
+    busy sending load, which must not slow the proxied traffic down. `cut()` makes the
+    upstream unreachable (refused, open connections reset), `open()` reachable again."""
 
-    def __init__(self, dsn: str) -> None:
-        self.proxy = PgProxy(dsn)
+    def __init__(self, proxy: TcpProxy) -> None:
+        self.proxy = proxy
+        self.port = proxy.port
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="pg-proxy", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="proxy", daemon=True)
         self._thread.start()
-
-    @property
-    def dsn(self) -> str:
-        """The DSN through the proxy."""
-        return self.proxy.dsn
 
     async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
@@ -234,129 +216,65 @@ class PostgresGate:
         self._loop.close()
 
 
-class ReplicationLag:
-    """A TCP proxy on a port of its own in front of the primary: the port the world knows
-    the primary by (Sentinels, the replica, clients; tests/sentinels.py `announced`), on
-    an event loop of its own thread, as PostgresGate.
+class PostgresGate(ThreadedProxy):
+    """Postgres behind a ThreadedProxy; `dsn` reaches it through the proxy."""
+
+    def __init__(self, dsn: str) -> None:
+        proxy = PgProxy(dsn)
+        super().__init__(proxy)
+        self.dsn = proxy.dsn
+
+
+class ReplicationLag(TcpProxy):
+    """A TcpProxy in front of the primary on `port`, the port the world knows the
+    primary by (Sentinels, the replica, clients: tests/sentinels.py `announced`); run in
+    a ThreadedProxy.
 
     What the primary sends on a replication link (a connection whose client sent PSYNC)
     reaches the replica `delay` s late, as to a replica in another zone; everything else
     passes at once, so a client can have its reply before the replica has the write.
-    `crash()` is the primary's machine dying: the port stops answering, every connection
-    through it is cut, and what it had not yet delivered to the replica is lost with it.
-    `revive()` makes the port forward again (the node restarted).
+    Stopping the proxy is the primary's machine dying: the port stops answering, every
+    connection through it is cut, and what it had not yet delivered to the replica is
+    lost with it.
     """
 
-    def __init__(self, delay: float) -> None:
-        self.port = free_port()
-        self.target_port = 0  # set before start(): the primary's own port
+    def __init__(self, primary_port: int, port: int, delay: float) -> None:
+        super().__init__(("127.0.0.1", primary_port), port)
         self.delay = delay
-        self._server: asyncio.Server | None = None
-        self._cuts: set[Callable[[], None]] = set()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="lag", daemon=True)
-        self._thread.start()
 
-    async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
-
-    async def start(self) -> None:
-        await self._call(self._listen())
-
-    async def revive(self) -> None:
-        await self._call(self._listen())
-
-    async def crash(self) -> None:
-        await self._call(self._cut())
-
-    async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def _cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for cut in list(self._cuts):
-            cut()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        replication = asyncio.Event()
-        pumps = [
-            asyncio.create_task(self._upstream(reader, up_writer, replication)),
-            asyncio.create_task(self._downstream(up_reader, writer, replication)),
-        ]
-
-        def cut() -> None:
-            for pump in pumps:
-                pump.cancel()
-            writer.transport.abort()
-            up_writer.transport.abort()
-
-        self._cuts.add(cut)
-        try:
-            await asyncio.gather(*pumps, return_exceptions=True)
-        finally:
-            self._cuts.discard(cut)
-            cut()
-
-    @staticmethod
-    async def _upstream(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, replication: asyncio.Event
-    ) -> None:
-        """Client to primary, at once; a replica's handshake (PSYNC in its first bytes)
-        marks the connection as a replication link."""
-        seen = b""
-        while data := await reader.read(65536):
-            if len(seen) < 4096 and not replication.is_set():
-                seen += data
-                if b"SYNC\r\n" in seen:  # PSYNC (or the old SYNC), as a replica sends it
-                    replication.set()
-            writer.write(data)
-            await writer.drain()
-
-    async def _downstream(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, replication: asyncio.Event
-    ) -> None:
-        """Primary to client: each chunk at once, or `delay` s after it came on a
-        replication link (in order: a queue of chunks with the time each is due)."""
+    async def _relay(self, client: Streams, upstream: Streams) -> None:
+        (reader, writer), (up_reader, up_writer) = client, upstream
         loop = asyncio.get_running_loop()
+        replication = False
+        seen = b""
+
+        async def to_primary(chunk: bytes) -> None:  # a replica's handshake begins so
+            nonlocal replication, seen
+            if not replication and len(seen) < 4096:
+                seen += chunk
+                replication = b"SYNC\r\n" in seen  # PSYNC (or the old SYNC)
+            up_writer.write(chunk)
+            await up_writer.drain()
+
         due: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def to_client(chunk: bytes) -> None:  # each chunk in order, when it is due
+            due.put_nowait((loop.time() + (self.delay if replication else 0.0), chunk))
 
         async def deliver() -> None:
             while True:
-                at, data = await due.get()
-                if at > loop.time():
-                    await asyncio.sleep(at - loop.time())
-                if not data:
-                    return
-                writer.write(data)
+                at, chunk = await due.get()
+                await asyncio.sleep(max(0.0, at - loop.time()))
+                writer.write(chunk)
                 await writer.drain()
 
         delivering = asyncio.create_task(deliver())
         try:
-            while True:
-                data = await reader.read(65536)
-                lag = self.delay if replication.is_set() else 0.0
-                due.put_nowait((loop.time() + lag, data))
-                if not data:
-                    break
-            await delivering
+            await asyncio.gather(
+                pipe(reader, up_writer, to_primary), pipe(up_reader, writer, to_client)
+            )
         finally:
-            delivering.cancel()
-
-    def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._cut(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
+            delivering.cancel()  # the primary gone: what was still due is lost
 
 
 def service_env(

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from logtools import free_port
+from logtools import free_port, until
 from redis.asyncio import Redis
 
 from calltags.clients import sentinel_primary
@@ -24,7 +24,6 @@ from .harness import (
     pending_by_consumer,
     service_env,
     streams,
-    until,
     wait_http_ready,
     web_process,
     worker_process,
