@@ -73,7 +73,8 @@ OUTCOME_FIELD = b"r"
 CALL_FIELD = b"c"
 # ... and, in a second entry with the same JSON (the same id), the error code the request
 # was answered with instead of what the first says: `unavailable` when the replicas did
-# not confirm the write in time. The workers keep one row, with this answer.
+# not confirm the write in time, or its reply was lost. The workers keep one row, with
+# this answer.
 ANSWER_FIELD = b"a"
 UNCONFIRMED_ANSWER = b"unavailable"
 SNAPSHOT_FIELD = b"c"  # the field of a call snapshot (the call's JSON) in {prefix}calllog:{N}
