@@ -60,7 +60,7 @@ class StreamReader:
         self.claim_idle_ms = claim_idle_ms
         self._claim_cursor: dict[str, bytes] = {}
         self._claim_due: dict[str, float] = {}
-        self._unsure: set[str] = set()  # streams to look at again: Redis failed since
+        self._unsure: set[str] = set()  # streams whose pending entries to read again
         self._ack = scripts.register(redis, "ack-1.lua")
 
     @contextlib.contextmanager
