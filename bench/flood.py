@@ -110,7 +110,7 @@ def machine_cpu_seconds() -> float:
     return (sum(fields[:8]) - idle) / _CLOCK_TICKS
 
 
-async def _clear_calls(redis_url: str, keys: KeySpace) -> None:
+async def clear_calls(redis_url: str, keys: KeySpace) -> None:
     """Drop the calls and log streams the runs wrote (the bench runs no flush worker),
     keeping the key and the pending tags: Redis stays small, every run starts alike."""
     redis = Redis.from_url(redis_url)
@@ -282,12 +282,12 @@ def main() -> None:
                     base = served[arrangement.name][0]
                     found[arrangement.name] = {}
                     for flood_base in (None, web_base):
-                        asyncio.run(_clear_calls(env["REDIS_URL"], keys))
+                        asyncio.run(clear_calls(env["REDIS_URL"], keys))
                         result = measure(base, flood_base, watched, args, env)
                         found[arrangement.name]["flood" if flood_base else "idle"] = result
                         print(_line(n, arrangement.name, result), flush=True)
                 rounds.append(found)
-            asyncio.run(_clear_calls(env["REDIS_URL"], keys))
+            asyncio.run(clear_calls(env["REDIS_URL"], keys))
     load.append(os.getloadavg())
 
     summary: dict[str, Any] = {

@@ -81,12 +81,10 @@ def _pinned(cpu: str, command: list[str]) -> list[str]:
     return [taskset, "-c", cpu, *command] if taskset and (os.cpu_count() or 1) > 1 else command
 
 
-@contextlib.contextmanager
 def server(
     command: list[str], port: int, env: dict[str, str], cpus: str = SERVER_CPU
-) -> Iterator[str]:
-    with server_process(command, port, env, cpus) as (base, _):
-        yield base
+) -> contextlib.AbstractContextManager[str]:
+    return _base_url(server_process(command, port, env, cpus))
 
 
 @contextlib.contextmanager
@@ -264,11 +262,26 @@ def calltags_server(
 ) -> contextlib.AbstractContextManager[str]:
     """calltags under uvicorn; `web_processes` > 1 runs that many processes on one port
     (uvicorn --workers, as WEB_CONCURRENCY does in the Procfile), free to use every core."""
+    return _base_url(calltags_process(env, web_processes))
+
+
+def calltags_process(
+    env: dict[str, str], web_processes: int = 1
+) -> contextlib.AbstractContextManager[tuple[str, subprocess.Popen[bytes]]]:
+    """`calltags_server`, also handing out the process (bench/ack.py reads its CPU time)."""
     port = _free_port()
     command = [sys.executable, "-m", "uvicorn", "--factory", "calltags.app:create_app",
                "--port", str(port), "--workers", str(web_processes), *UVICORN_FLAGS]  # fmt: skip
     cpus = SERVER_CPU if web_processes == 1 else f"0-{(os.cpu_count() or 1) - 1}"
-    return server(command, port, env, cpus=cpus)
+    return server_process(command, port, env, cpus=cpus)
+
+
+@contextlib.contextmanager
+def _base_url(
+    running: contextlib.AbstractContextManager[tuple[str, subprocess.Popen[bytes]]],
+) -> Iterator[str]:
+    with running as (base, _):
+        yield base
 
 
 def main() -> None:

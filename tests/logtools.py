@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -159,22 +159,31 @@ async def eventually(
         await asyncio.sleep(every)
 
 
-class PgProxy:
-    """A TCP proxy on a loopback port in front of the Postgres of `dsn` (TCP or unix
-    socket), which a test stops (Postgres unreachable) and starts again."""
+async def until(
+    check: Callable[[], Awaitable[bool]], what: str, timeout: float, every: float = 0.05
+) -> float:
+    """Poll `check` until it is true; the seconds it took. AssertionError naming `what`
+    past `timeout`."""
+    started = time.monotonic()
+    while not await check():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        await asyncio.sleep(every)
+    return time.monotonic() - started
 
-    def __init__(self, dsn: str):
-        parts = urlsplit(dsn)
-        query = dict(parse_qsl(parts.query))
-        host = query.pop("host", None) or parts.hostname or "localhost"
-        port = parts.port or 5432
-        self._upstream: tuple[str, int] | str = (
-            f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
-        )
-        self.port = free_port()
-        auth = parts.netloc.rpartition("@")[0]
-        netloc = f"{auth}@127.0.0.1:{self.port}" if auth else f"127.0.0.1:{self.port}"
-        self.dsn = urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
+
+Streams: TypeAlias = tuple[asyncio.StreamReader, asyncio.StreamWriter]  # a connection's
+
+
+class TcpProxy:
+    """A TCP proxy on a loopback port (`port`, free unless given) in front of `upstream`
+    ((host, port) or a unix socket path), which a test stops (the upstream unreachable:
+    refused, open connections cut) and starts again. `_relay` moves the bytes of one
+    connection; a subclass may move them otherwise."""
+
+    def __init__(self, upstream: tuple[str, int] | str, port: int | None = None):
+        self._upstream = upstream
+        self.port = port or free_port()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -202,19 +211,47 @@ class PgProxy:
             writer.transport.abort()
             return
         self._writers.update((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while chunk := await src.read(65536):
-                    dst.write(chunk)
-                    await dst.drain()
-            except (OSError, RuntimeError):
-                pass
-            finally:
-                dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await self._relay((reader, writer), (up_reader, up_writer))
         self._writers.difference_update((writer, up_writer))
+
+    async def _relay(self, client: Streams, upstream: Streams) -> None:
+        """Each side's bytes to the other, until either closes."""
+        await asyncio.gather(pipe(client[0], upstream[1]), pipe(upstream[0], client[1]))
+
+
+async def pipe(
+    src: asyncio.StreamReader,
+    dst: asyncio.StreamWriter,
+    chunks: Callable[[bytes], Awaitable[None]] | None = None,
+) -> None:
+    """Bytes from `src` to `dst` (through `chunks`, which writes each, when given) until
+    either side closes; then `dst` is cut."""
+    try:
+        while chunk := await src.read(65536):
+            if chunks is not None:
+                await chunks(chunk)
+                continue
+            dst.write(chunk)
+            await dst.drain()
+    except (OSError, RuntimeError):
+        pass
+    finally:
+        dst.transport.abort()
+
+
+class PgProxy(TcpProxy):
+    """A TcpProxy in front of the Postgres of `dsn` (TCP or unix socket); `dsn` then
+    reaches Postgres through the proxy."""
+
+    def __init__(self, dsn: str):
+        parts = urlsplit(dsn)
+        query = dict(parse_qsl(parts.query))
+        host = query.pop("host", None) or parts.hostname or "localhost"
+        port = parts.port or 5432
+        super().__init__(f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port))
+        auth = parts.netloc.rpartition("@")[0]
+        netloc = f"{auth}@127.0.0.1:{self.port}" if auth else f"127.0.0.1:{self.port}"
+        self.dsn = urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
 
 
 @contextlib.contextmanager

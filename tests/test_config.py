@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from calltags.config import load_settings
+from calltags.autopipe import ReplicaAck
+from calltags.config import load_settings, sentinel_url
 from calltags.errors import ConfigError
 
 
@@ -25,6 +26,13 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CALLTAGS_DEFAULT_REGION", "XX"),
         ("CALLTAGS_LOG_SHARDS", "0"),
         ("CALLTAGS_KEY_CACHE_SECONDS", "5"),
+        ("REDIS_URL", "redis+sentinel://10.0.0.1:26379"),  # no service
+        ("REDIS_URL", "redis+sentinel://10.0.0.1:26379/main/zero"),
+        ("REDIS_URL", "redis+sentinel://10.0.0.1:port/main"),
+        ("CALLTAGS_QUEUE_URL", "redis+sentinel://:26379/main"),
+        ("CALLTAGS_WRITE_ACK", "all"),
+        ("CALLTAGS_WRITE_REPLICAS", "0"),
+        ("CALLTAGS_WRITE_ACK_TIMEOUT_MS", "0"),  # WAIT's 0 waits forever
     ],
 )
 def test_bad_values_fail_naming_the_variable(
@@ -74,3 +82,52 @@ def test_env_file_comments_quotes_and_the_environment_first(
     assert settings.port == 9001  # the environment wins over the file
     assert str(settings.admin_token) == "s3cr=t"
     assert "s3cr" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "sentinels", "service", "db", "user", "password", "tls"),
+    [
+        (
+            "redis+sentinel://10.0.0.1:26379/calltags",
+            [("10.0.0.1", 26379)],
+            "calltags",
+            0,
+            None,
+            None,
+            False,
+        ),
+        (
+            "rediss+sentinel://app:s%40cret@a:1,b,[::1]:3/main/2",
+            [("a", 1), ("b", 26379), ("::1", 3)],
+            "main",
+            2,
+            "app",
+            "s@cret",
+            True,
+        ),
+    ],
+)
+def test_sentinel_urls(
+    url: str,
+    sentinels: list[tuple[str, int]],
+    service: str,
+    db: int,
+    user: str | None,
+    password: str | None,
+    tls: bool,
+) -> None:
+    parts = sentinel_url(url, "REDIS_URL")
+    assert (list(parts.sentinels), parts.service, parts.db) == (sentinels, service, db)
+    assert (parts.username, parts.password, parts.tls) == (user, password, tls)
+    assert "cret" not in repr(parts)
+
+
+def test_write_ack(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CALLTAGS_WRITE_ACK", "CALLTAGS_WRITE_REPLICAS", "CALLTAGS_WRITE_ACK_TIMEOUT_MS"):
+        monkeypatch.delenv(name, raising=False)
+    assert load_settings(env_file=None).replica_ack is None
+    monkeypatch.setenv("CALLTAGS_WRITE_ACK", "replica")
+    assert load_settings(env_file=None).replica_ack == ReplicaAck(replicas=1, timeout_ms=100)
+    monkeypatch.setenv("CALLTAGS_WRITE_REPLICAS", "2")
+    monkeypatch.setenv("CALLTAGS_WRITE_ACK_TIMEOUT_MS", "250")
+    assert load_settings(env_file=None).replica_ack == ReplicaAck(replicas=2, timeout_ms=250)

@@ -1,4 +1,5 @@
-"""Settings for Redis Cluster: the cluster client, and the arq queue's own single node."""
+"""Settings for Redis Cluster and Sentinel: the cluster client, the arq queue's own
+single node, and clients of the primary that Sentinels name."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.sentinel import SentinelConnectionPool
 
 from calltags.clients import redis_client
 from calltags.config import load_settings
@@ -81,3 +83,32 @@ def test_the_worker_stops_at_start_naming_the_variable() -> None:
     )
     assert done.returncode != 0
     assert "CALLTAGS_QUEUE_URL" in done.stderr
+
+
+async def test_a_sentinel_url_makes_a_client_of_the_primary_they_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/main/3")
+    client = redis_client(load_settings(env_file=None))
+    try:
+        assert isinstance(client, Redis)
+        pool = client.connection_pool
+        assert isinstance(pool, SentinelConnectionPool)
+        assert (pool.service_name, pool.connection_kwargs["db"]) == ("main", 3)
+    finally:
+        await client.aclose()
+
+
+def test_the_worker_queue_follows_sentinels_too() -> None:
+    code = (
+        "import workers.flush as f; p = f.WorkerSettings.redis_pool;"
+        " print(type(p).__name__, p.connection_pool.service_name, p.default_queue_name)"
+    )
+    env = {**os.environ, "REDIS_URL": "redis+sentinel://127.0.0.1:1/main"}
+    env.update(CALLTAGS_REDIS_PREFIX="ct:")
+    env.pop("CALLTAGS_QUEUE_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ArqRedis", "main", "ct:arq:queue"]

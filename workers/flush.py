@@ -15,14 +15,14 @@ import gc
 import logging
 from typing import Any
 
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
 from arq.cron import CronJob, cron
 from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from calltags.clients import redis_client
-from calltags.config import load_settings, require
+from calltags.clients import redis_client, sentinel_primary
+from calltags.config import SENTINEL_SCHEMES, load_settings, require
 from calltags.keys import KeySpace
 from calltags.sink import Sink
 from calltags.writer import create_sink_pool
@@ -98,19 +98,33 @@ with contextlib.suppress(ImportError):
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+# arq's connection retries without end: arq's poll loop has no error handling of its
+# own, so a Redis restart or a failover would otherwise end the worker process.
+_RETRY_ON = [redis_errors.ConnectionError, redis_errors.TimeoutError]
+_RETRY = Retry(
+    ExponentialBackoff(cap=1.0, base=0.05),
+    -1,
+    # OSError too: a refused connect is not a redis ConnectionError.
+    supported_errors=(redis_errors.ConnectionError, redis_errors.TimeoutError, OSError),
+)
+
+
 def _queue_redis(url: str) -> RedisSettings:
-    """arq's connection, retrying without end: arq's poll loop has no error handling of
-    its own, so a Redis restart would otherwise end the worker process."""
-    return dataclasses.replace(
-        RedisSettings.from_dsn(url),
-        retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError],
-        retry=Retry(
-            ExponentialBackoff(cap=1.0, base=0.05),
-            -1,
-            # OSError too: a refused connect is not a redis ConnectionError.
-            supported_errors=(redis_errors.ConnectionError, redis_errors.TimeoutError, OSError),
-        ),
+    """arq's connection to a single node, retrying without end."""
+    return dataclasses.replace(RedisSettings.from_dsn(url), retry_on_error=_RETRY_ON, retry=_RETRY)
+
+
+def _queue_pool(url: str, queue_name: str) -> ArqRedis:
+    """arq's connection to the primary that Sentinels name, retrying without end. arq's
+    own Sentinel support (RedisSettings(sentinel=True)) passes no retry to the
+    connections, so the worker is handed this client instead: made now, it connects in
+    the worker's loop."""
+    pool = sentinel_primary(
+        url, "CALLTAGS_QUEUE_URL", redis_class=ArqRedis, retry_on_error=_RETRY_ON, retry=_RETRY
     )
+    assert isinstance(pool, ArqRedis)
+    pool.default_queue_name = queue_name
+    return pool
 
 
 class WorkerSettings:
@@ -118,8 +132,12 @@ class WorkerSettings:
     cron_jobs: tuple[CronJob, ...] = (cron(maintain, minute={7}, run_at_startup=True),)
     on_startup = startup
     on_shutdown = shutdown
-    # arq's own queue and cron bookkeeping need a single Redis node: CALLTAGS_QUEUE_URL,
-    # else REDIS_URL (a cluster REDIS_URL without CALLTAGS_QUEUE_URL stops here).
-    redis_settings = _queue_redis(_settings.arq_queue_url())
     # Under the key prefix, so deployments (and test runs) sharing a Redis stay apart.
     queue_name = f"{_settings.redis_prefix}arq:queue"
+    # arq's own queue and cron bookkeeping need a single Redis node or a Sentinel-managed
+    # primary: CALLTAGS_QUEUE_URL, else REDIS_URL (a cluster REDIS_URL without
+    # CALLTAGS_QUEUE_URL stops here).
+    if _settings.arq_queue_url().startswith(SENTINEL_SCHEMES):
+        redis_pool = _queue_pool(_settings.arq_queue_url(), queue_name)
+    else:
+        redis_settings = _queue_redis(_settings.arq_queue_url())

@@ -8,11 +8,16 @@ transport is shared. Scripts are called by SHA and loaded again if Redis lost th
 A batch is packed by hiredis (C) and written on one of redis-py's pooled connections,
 whose parser (hiredis too) reads the replies: redis-py's own Pipeline packs in Python,
 which cost more than a quarter of a postback's time in redis-py.
+
+`ReplicaAckedPipeline` (CALLTAGS_WRITE_ACK=replica) ends every batch that writes with
+one WAIT on the same connection, so the replicas' confirmation costs one command per
+batch, not per request; the base class sends no WAIT.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import hiredis
@@ -21,6 +26,39 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
 
 _Pending = list[tuple[tuple[Any, ...], "asyncio.Future[Any]"]]
+
+# The commands the stores send that write nothing: a batch of only these needs no WAIT,
+# and their replies stand whatever WAIT says.
+READ_COMMANDS = frozenset(("GET", "HGET", "HMGET", "HGETALL", "EXISTS", "PTTL", "XLEN", "XRANGE"))
+
+
+@dataclass(frozen=True)
+class ReplicaAck:
+    """CALLTAGS_WRITE_ACK=replica: a write is answered once `replicas` replicas hold it,
+    asked by one `WAIT replicas timeout_ms`."""
+
+    replicas: int
+    timeout_ms: int
+
+    def wait(self) -> tuple[str, int, int]:
+        return ("WAIT", self.replicas, self.timeout_ms)
+
+    def judge(self, reply: Any, held: Any) -> Any:
+        """`reply` if WAIT's answer `held` counts enough replicas, else Unconfirmed."""
+        if isinstance(held, int) and held >= self.replicas:
+            return reply
+        return Unconfirmed(reply, held if isinstance(held, int) else 0, self.replicas)
+
+
+class Unconfirmed(RedisError):  # type: ignore[misc]  # redis-py's exceptions are untyped
+    """A write the primary did, but fewer replicas than asked confirmed in time (WAIT):
+    a failover may lose it. `reply` is the command's own reply."""
+
+    def __init__(self, reply: Any, replicas: int, wanted: int):
+        super().__init__(f"{replicas} of {wanted} replicas confirmed the write in time")
+        self.reply = reply
+        self.replicas = replicas
+        self.wanted = wanted
 
 
 class AutoPipeline:
@@ -96,4 +134,27 @@ class AutoPipeline:
             raise
         finally:
             await pool.release(conn)
+        return replies
+
+
+class ReplicaAckedPipeline(AutoPipeline):
+    """An AutoPipeline whose batches that write end in `WAIT replicas timeout_ms` on the
+    batch's own connection (WAIT counts the replicas that hold that connection's writes).
+    With fewer replicas than asked, each write of the batch fails with Unconfirmed; reads
+    keep their replies."""
+
+    def __init__(self, redis: Redis, scripts: list[AsyncScript], ack: ReplicaAck):
+        super().__init__(redis, scripts)
+        self.ack = ack
+        self._wait = ack.wait()
+
+    async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        writes = [n for n, args in enumerate(commands) if args[0] not in READ_COMMANDS]
+        if not writes:
+            return await super()._send(commands)
+        replies = await super()._send([*commands, self._wait])
+        held = replies.pop()  # an error (say, WAIT on a replica) confirms nothing
+        for n in writes:
+            if not isinstance(replies[n], Exception):  # a refused write wrote nothing
+                replies[n] = self.ack.judge(replies[n], held)
         return replies

@@ -9,12 +9,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
+from calltags.autopipe import ReplicaAck
 from calltags.errors import ConfigError
 from calltags.models import MAX_KEY_SECONDS
 
 # A REDIS_URL naming a Redis Cluster (any node of it): redis+cluster:// or rediss+cluster://
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+# A REDIS_URL naming the Sentinels of a primary: redis+sentinel:// or rediss+sentinel://
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+SENTINEL_PORT = 26379  # a Sentinel's port when the URL gives none
+WRITE_ACKS = ("primary", "replica")
 
 
 class Secret:
@@ -62,6 +68,73 @@ def _read_env_file(path: Path) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class SentinelUrl:
+    """`redis+sentinel://[USER:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB]`: the
+    Sentinels that know the primary of SERVICE. USER and PASSWORD are the primary's (and
+    its replicas'); the Sentinels are asked without. `rediss+` speaks TLS to both."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+    def __repr__(self) -> str:  # no password in a traceback
+        hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
+        return f"SentinelUrl({hosts}/{self.service}/{self.db}, tls={self.tls})"
+
+
+def sentinel_url(url: str, name: str) -> SentinelUrl:
+    """The parts of a redis+sentinel:// URL; ConfigError naming the variable `name`."""
+    scheme, _, rest = url.partition("://")
+    if scheme + "://" not in SENTINEL_SCHEMES:
+        raise ConfigError(f"{name} is not a redis+sentinel:// URL")
+    netloc, _, path = rest.partition("/")
+    credentials, _, hosts = netloc.rpartition("@")
+    user, _, password = credentials.partition(":")
+    service, _, db_text = path.partition("/")
+    db_text = db_text.rstrip("/")
+    sentinels: list[tuple[str, int]] = []
+    for host_port in hosts.split(","):
+        host, port = _host_port(host_port.strip(), name)
+        sentinels.append((host, port))
+    if not service or "?" in path or "/" in db_text:
+        raise ConfigError(
+            f"{name} must look like redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE[/DB],"
+            f" got no service name or more than SERVICE/DB after the hosts"
+        )
+    try:
+        db = int(db_text) if db_text else 0
+    except ValueError as exc:
+        raise ConfigError(f"{name}: the database after the service must be a number") from exc
+    return SentinelUrl(
+        sentinels=tuple(sentinels),
+        service=unquote(service),
+        db=db,
+        username=unquote(user) or None,
+        password=unquote(password) or None,
+        tls=scheme == "rediss+sentinel",
+    )
+
+
+def _host_port(text: str, name: str) -> tuple[str, int]:
+    """HOST, HOST:PORT, [IPV6] or [IPV6]:PORT of a Sentinel."""
+    if text.startswith("["):
+        host, _, tail = text[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else ""
+    else:
+        host, _, port_text = text.partition(":")
+    try:
+        port = int(port_text) if port_text else SENTINEL_PORT
+    except ValueError as exc:
+        raise ConfigError(f"{name}: Sentinel {text!r} has no valid port") from exc
+    if not host or not 0 < port < 65536:
+        raise ConfigError(f"{name}: Sentinel {text!r} needs a host and a port below 65536")
+    return host, port
+
+
+@dataclass(frozen=True)
 class Settings:
     redis_url: str | None
     redis_cluster: bool
@@ -85,10 +158,20 @@ class Settings:
     data_dir: Path
     web_concurrency: int
     public_url: str | None  # the base of the postback URLs handed to publishers
+    write_ack: str = "primary"  # "primary": answered once the primary has it; "replica"
+    write_replicas: int = 1  # with "replica": replicas that must hold a write
+    write_ack_timeout_ms: int = 100  # with "replica": the longest a request waits for them
 
     @property
     def uses_cluster(self) -> bool:
         return self.redis_cluster or (self.redis_url or "").startswith(CLUSTER_SCHEMES)
+
+    @property
+    def replica_ack(self) -> ReplicaAck | None:
+        """What writes wait for besides the primary; None: the primary alone."""
+        if self.write_ack != "replica":
+            return None
+        return ReplicaAck(self.write_replicas, self.write_ack_timeout_ms)
 
     def arq_queue_url(self) -> str:
         """The single-node Redis of the workers' arq queue (arq cannot use a cluster)."""
@@ -153,10 +236,23 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         raise ConfigError(f"CALLTAGS_KEY_CACHE_SECONDS must be a number, got {cache!r}") from exc
     if not 0 <= key_cache_seconds <= 1:
         raise ConfigError("CALLTAGS_KEY_CACHE_SECONDS must be between 0 and 1")
+    redis_url = config("REDIS_URL", default="") or None
+    redis_cluster = config("CALLTAGS_REDIS_CLUSTER", default="0").lower() in ("1", "true", "yes")
+    queue_url = config("CALLTAGS_QUEUE_URL", default="") or None
+    for name, url in (("REDIS_URL", redis_url), ("CALLTAGS_QUEUE_URL", queue_url)):
+        if url is not None and url.startswith(SENTINEL_SCHEMES):
+            sentinel_url(url, name)  # fails now, naming the variable, rather than at connect
+    if redis_cluster and redis_url is not None and redis_url.startswith(SENTINEL_SCHEMES):
+        raise ConfigError(
+            "CALLTAGS_REDIS_CLUSTER=1 cannot be used with a redis+sentinel:// REDIS_URL"
+        )
+    write_ack = config("CALLTAGS_WRITE_ACK", default="primary").strip().lower()
+    if write_ack not in WRITE_ACKS:
+        raise ConfigError(f"CALLTAGS_WRITE_ACK must be primary or replica, got {write_ack!r}")
     return Settings(
-        redis_url=config("REDIS_URL", default="") or None,
-        redis_cluster=config("CALLTAGS_REDIS_CLUSTER", default="0").lower() in ("1", "true", "yes"),
-        queue_url=config("CALLTAGS_QUEUE_URL", default="") or None,
+        redis_url=redis_url,
+        redis_cluster=redis_cluster,
+        queue_url=queue_url,
         database_url=config("DATABASE_URL", default="") or None,
         port=_int(config, "PORT", 8000, 1, 65535),
         admin_token=_secret(config, "CALLTAGS_ADMIN_TOKEN"),
@@ -184,6 +280,12 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         data_dir=Path(config("CALLTAGS_DATA_DIR", default=".data")),
         web_concurrency=_int(config, "WEB_CONCURRENCY", 1, 1, 256),
         public_url=config("CALLTAGS_PUBLIC_URL", default="").rstrip("/") or None,
+        write_ack=write_ack,
+        # With CALLTAGS_WRITE_ACK=replica: replicas that must hold a write before it is
+        # answered, and the longest one WAIT (one per auto-pipeline batch) waits, ms. WAIT
+        # takes 0 as "forever", so the timeout starts at 1.
+        write_replicas=_int(config, "CALLTAGS_WRITE_REPLICAS", 1, 1, 100),
+        write_ack_timeout_ms=_int(config, "CALLTAGS_WRITE_ACK_TIMEOUT_MS", 100, 1, 60_000),
     )
 
 

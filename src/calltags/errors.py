@@ -24,6 +24,13 @@ class StoreUnavailable(Exception):
     """Redis or Postgres could not be reached or refused the write."""
 
 
+class WriteUnconfirmed(StoreUnavailable):
+    """A postback's write was not confirmed: the replicas CALLTAGS_WRITE_ACK=replica asks
+    for did not hold it in time, or Redis's reply was lost. It is answered 503 (it may
+    have happened, and may be lost); the store has already logged the request as
+    answered so (the same log entry, marked)."""
+
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 

@@ -19,7 +19,13 @@ from starlette.types import Receive, Scope, Send
 
 from calltags import models, phone, signing
 from calltags.asgi import Incoming, send_json
-from calltags.errors import LOGGED_CODES, ApiError, StoreUnavailable, call_not_found
+from calltags.errors import (
+    LOGGED_CODES,
+    ApiError,
+    StoreUnavailable,
+    WriteUnconfirmed,
+    call_not_found,
+)
 from calltags.http import Answer, error_answer, parse_object, query_pairs
 from calltags.keycache import KeyInfo
 from calltags.log import make_entry
@@ -323,6 +329,9 @@ async def _handle(
     except RateLimited as exc:
         out.logged = True
         raise _rate_limited(exc) from exc
+    except WriteUnconfirmed as exc:  # the store logged it as answered so (failover issue)
+        out.logged = True
+        raise ApiError("unavailable", "the write is not confirmed (it may have happened)") from exc
     out.logged = True
     return PostbackAnswer(
         tag_values=tags,

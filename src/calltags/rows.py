@@ -1,7 +1,9 @@
 """Rows for Postgres from the entries of the log streams: a postback log entry gives a
 `postbacks` row, and a `calls` row for the call it carries; a call snapshot gives a
 `calls` row; an entry that cannot be read gives an `undecodable_entry` row, so that it
-is kept, never lost.
+is kept, never lost. An entry marked with the request's answer (field a: the replicas did
+not confirm the write in time) gives an amended row, which replaces the row of the same
+request whichever arrives first.
 
 Rows are built with as little work per entry as the log allows (this is the worker's
 hot loop): an entry's JSON is parsed once and its values taken as they are, times as
@@ -25,6 +27,7 @@ from calltags.errors import ERRORS
 from calltags.log import ENTRY_FIELD, MAX_TAG_VALUE, stream_id_ms
 from calltags.models import tag_sources
 from calltags.store import (
+    ANSWER_FIELD,
     CALL_FIELD,
     OUTCOME_FIELD,
     POSTBACK_OUTCOMES,
@@ -192,21 +195,24 @@ def call_row(doc: dict[str, Any]) -> Row:
 
 def log_rows(
     stream: str, batch: list[Entry], *, checked: bool = False
-) -> tuple[list[Row], list[Row]]:
-    """(postbacks rows, calls rows) of a batch of a postback log stream.
+) -> tuple[list[Row], list[Row], list[Row]]:
+    """(postbacks rows, calls rows, amended postbacks rows) of a batch of a postback log
+    stream.
 
     Unless `checked`, a log entry's values go into its row as they are (the hot
     loop); `checked` looks at every value, for a batch whose COPY was refused.
     """
     postbacks: list[Row] = []
     calls: list[Row] = []
+    amended: list[Row] = []
     unknown: list[bytes] = []
     for entry_id, fields in batch:
         raw = fields.get(ENTRY_FIELD, b"") if fields else b""
+        rows = postbacks
         try:
             doc = _loads(raw) if checked else orjson.loads(raw)  # see _loads
             snapshot = None
-            if fields is not None and len(fields) > 1:  # an outcome, a call, or both
+            if fields is not None and len(fields) > 1:  # an outcome, a call, an answer
                 code = fields.get(OUTCOME_FIELD)
                 if code is not None:  # the write script's outcome decides the status
                     outcome = _outcome(code)
@@ -220,6 +226,10 @@ def log_rows(
                     snapshot = _snapshot(found, stream, entry_id, checked)
                     if snapshot is not None and doc.get("call_uuid") is None:
                         doc["call_uuid"] = snapshot.get("u")  # the call the tags went to
+                if (answer := fields.get(ANSWER_FIELD)) is not None:  # what the client got
+                    doc["error"] = answer.decode()
+                    doc["http_status"] = ERRORS[doc["error"]].status
+                    rows = amended
             if snapshot is None:
                 snapshot = doc.get("call")  # entries written before field c existed
             try:
@@ -230,7 +240,7 @@ def log_rows(
             log.error("kept unreadable log entry %s %r as is", stream, entry_id)
             postbacks.append(undecodable_row(stream, entry_id, raw))
             continue
-        postbacks.append(row)
+        rows.append(row)
         if snapshot is not None:
             try:
                 calls.append(call_row(snapshot))
@@ -244,7 +254,7 @@ def log_rows(
             stream,
             unknown[0],
         )
-    return postbacks, calls
+    return postbacks, calls, amended
 
 
 def snapshot_rows(stream: str, batch: list[Entry]) -> list[Row]:

@@ -65,7 +65,8 @@ class Services(Core):
 def open_core(settings: Settings) -> Core:
     redis = redis_client(settings)
     keys = KeySpace(settings.redis_prefix, settings.log_shards)
-    return Core(settings, redis, keys, open_store(redis, keys, settings.call_ttl_seconds))
+    store = open_store(redis, keys, settings.call_ttl_seconds, settings.replica_ack)
+    return Core(settings, redis, keys, store)
 
 
 async def open_services(settings: Settings) -> Services:

@@ -114,9 +114,12 @@ class Sink:
         self, stream: str, *, block_ms: int | None = None, stop: asyncio.Event | None = None
     ) -> int:
         """Move one batch of `stream` into Postgres; how many entries it held (0: none
-        waiting). Entries idle in a dead consumer come first, then new ones."""
+        waiting). Entries idle in a dead consumer come first, then this consumer's own
+        unacknowledged ones after a Redis failure (a failover), then new ones."""
         batch = await self.reader.claim(stream)
         self.counters.claimed += len(batch)
+        if not batch:
+            batch = await self.reader.read_again(stream)
         fresh = not batch
         if fresh:
             batch = await self.reader.read(stream, block_ms)
@@ -142,12 +145,12 @@ class Sink:
 
     def _rows(
         self, stream: str, batch: list[Entry], *, checked: bool = False
-    ) -> tuple[list[Row], list[Row]]:
-        """(postbacks rows, calls rows) of a batch of either kind of stream (see
-        rows.log_rows for `checked`)."""
+    ) -> tuple[list[Row], list[Row], list[Row]]:
+        """(postbacks rows, calls rows, amended postbacks rows) of a batch of either kind
+        of stream (see rows.log_rows for `checked`)."""
         if stream in self._postback_streams:
             return log_rows(stream, batch, checked=checked)
-        return [], snapshot_rows(stream, batch)
+        return [], snapshot_rows(stream, batch), []
 
     async def _store(
         self,
@@ -162,18 +165,18 @@ class Sink:
         `fresh`: the batch was never delivered before, so its rows are most likely not
         in Postgres yet (a taken-over batch may be).
         """
-        postbacks, calls = self._rows(stream, batch)
+        rows = self._rows(stream, batch)
         failures = 0
         committed = False
         while True:
             try:
                 if not committed:
                     try:
-                        await self.writer.commit(postbacks, calls, fresh=fresh)
+                        await self.writer.commit(*rows, fresh=fresh)
                     except BadData as exc:
                         log.warning("rows of %s refused (%s), checking each", stream, exc)
-                        postbacks, calls = self._rows(stream, batch, checked=True)
-                        await self.writer.commit(postbacks, calls, fresh=fresh)
+                        rows = self._rows(stream, batch, checked=True)
+                        await self.writer.commit(*rows, fresh=fresh)
                     committed = True
                 await self.reader.acknowledge(stream, [entry_id for entry_id, _ in batch])
                 break
@@ -194,8 +197,9 @@ class Sink:
                     await asyncio.sleep(delay)
                 elif await _sleep_unless(stop, delay):
                     raise _Stopped from exc
+        postbacks, calls, amended = rows
         self.counters.batches += 1
-        self.counters.rows += len(postbacks)
+        self.counters.rows += len(postbacks) + len(amended)
         self.counters.calls += len(calls)
 
     def _delay(self, failures: int) -> float:

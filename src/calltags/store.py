@@ -5,6 +5,12 @@
 reach Redis. `open_store` picks one by the client's type, once, at start. Every public
 coroutine of a store raises StoreUnavailable, never a driver error, when Redis cannot
 answer; CallNotFound and RateLimited are answers, not failures.
+
+With a ReplicaAck (CALLTAGS_WRITE_ACK=replica) every write is followed by a WAIT on the
+connection that carried it: once per auto-pipeline batch on one node, once per command
+on a cluster shard. A write the replicas did not confirm in time raises StoreUnavailable;
+a postback's then WriteUnconfirmed, its log entry marked as answered 503 (ANSWER_FIELD),
+as is a postback's whose reply Redis did not give (in either mode).
 """
 
 from __future__ import annotations
@@ -18,12 +24,26 @@ from typing import Any, TypeAlias
 
 import orjson
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import PipelineCommand
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import (
+    AskError,
+    ConnectionError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    TimeoutError,
+)
 
 from calltags import scripts
-from calltags.autopipe import AutoPipeline
-from calltags.errors import StoreBoundary
+from calltags.autopipe import (
+    READ_COMMANDS,
+    AutoPipeline,
+    ReplicaAck,
+    ReplicaAckedPipeline,
+    Unconfirmed,
+)
+from calltags.errors import StoreBoundary, WriteUnconfirmed
 from calltags.keys import SECOND_MS, KeySpace
 from calltags.times import now_ms
 
@@ -51,6 +71,12 @@ POSTBACK_OUTCOMES: dict[int, tuple[str | None, str | None, int]] = {
 ENTRY_FIELD = b"e"
 OUTCOME_FIELD = b"r"
 CALL_FIELD = b"c"
+# ... and, in a second entry with the same JSON (the same id), the error code the request
+# was answered with instead of what the first says: `unavailable` when the replicas did
+# not confirm the write in time, or its reply was lost. The workers keep one row, with
+# this answer.
+ANSWER_FIELD = b"a"
+UNCONFIRMED_ANSWER = b"unavailable"
 SNAPSHOT_FIELD = b"c"  # the field of a call snapshot (the call's JSON) in {prefix}calllog:{N}
 
 
@@ -194,7 +220,30 @@ class Store(StoreBoundary, ABC):
 
     async def append_log(self, entry: bytes) -> None:
         """Add a postback log entry whose outcome is already in it (a rejected request)."""
-        await self._queue("XADD", next(self._log_shards), "*", ENTRY_FIELD, entry)
+        try:
+            await self._queue("XADD", next(self._log_shards), "*", ENTRY_FIELD, entry)
+        except Unconfirmed as exc:
+            await self._log_unconfirmed(entry, None)
+            raise WriteUnconfirmed(str(exc)) from exc
+
+    async def _log_unconfirmed(self, entry: bytes, reply: Any) -> bool:
+        """The request of `entry` is answered 503 as its write was not confirmed: its
+        entry again, with the outcome and call of the write script's `reply` when there is
+        one, marked with the answer; whether Redis took it. If not, the entry the write
+        appended (if any) stands: Redis holds what it says."""
+        fields: list[Any] = [ENTRY_FIELD, entry]
+        if isinstance(reply, list) and reply and isinstance(reply[0], int):
+            fields += [OUTCOME_FIELD, reply[0]]
+            if len(reply) > 2:
+                fields += [CALL_FIELD, reply[2]]
+        fields += [ANSWER_FIELD, UNCONFIRMED_ANSWER]
+        try:
+            await self._queue("XADD", next(self._log_shards), "*", *fields)
+        except Unconfirmed:  # on the primary, as the write was
+            return True
+        except REDIS_ERRORS:
+            return False
+        return True
 
     async def write_tags(
         self,
@@ -233,7 +282,19 @@ class Store(StoreBoundary, ABC):
             args.append(name)
             args.append(encode_tag(value, publisher_id, key_id, now))
         bucket = (self.keys.rate_bucket(key_id), rate) if rate is not None else None
-        code, detail, *_ = await self._write_postback(keys, args, log_entry, bucket)
+        try:
+            code, detail, *_ = await self._write_postback(keys, args, log_entry, bucket)
+        except Unconfirmed as exc:
+            if log_entry is not None:
+                await self._log_unconfirmed(log_entry, exc.reply)
+            raise WriteUnconfirmed(str(exc)) from exc
+        except REDIS_ERRORS as exc:
+            # The write may have happened (a reply lost with its connection, in a
+            # failover): logged under the entry's own id, so that the entry the write may
+            # have appended and this one make one row, the 503.
+            if log_entry is not None and await self._log_unconfirmed(log_entry, None):
+                raise WriteUnconfirmed(f"{type(exc).__name__}: {exc}") from exc
+            raise
         if code == -2:
             assert rate is not None
             raise RateLimited(int(detail), rate.per_second, rate.burst)
@@ -245,7 +306,12 @@ class Store(StoreBoundary, ABC):
 
     async def count_failure(self, address: str, window_ms: int) -> tuple[int, int]:
         """Count a failed key attempt from `address`; (attempts in the window, ms left)."""
-        count, left = await self._queue_eval(self._fail, [self.keys.failures(address)], [window_ms])
+        try:
+            count, left = await self._queue_eval(
+                self._fail, [self.keys.failures(address)], [window_ms]
+            )
+        except Unconfirmed as exc:  # a count of guesses needs no replica
+            count, left = exc.reply
         return int(count), int(left)
 
     async def connect(
@@ -303,9 +369,14 @@ class NodeStore(Store):
     postback's rate limit and log append happen inside its script, and a call's
     snapshot is appended by the connect and end scripts."""
 
-    def __init__(self, redis: Redis, keys: KeySpace, call_ttl_seconds: int):
+    def __init__(
+        self, redis: Redis, keys: KeySpace, call_ttl_seconds: int, ack: ReplicaAck | None = None
+    ):
         super().__init__(redis, keys, call_ttl_seconds)
-        self._pipe = AutoPipeline(redis, [self._postback, self._connect, self._end, self._fail])
+        used = [self._postback, self._connect, self._end, self._fail]
+        self._pipe = (
+            AutoPipeline(redis, used) if ack is None else ReplicaAckedPipeline(redis, used, ack)
+        )
 
     def _queue_eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
         # A future, so that several can be awaited together without tasks.
@@ -347,19 +418,80 @@ class ClusterStore(Store):
     """On Redis Cluster (a `RedisCluster` client) a script may touch one slot only: the
     caller's. The key's token bucket, the postback log and the call log live in other
     slots, so the rate limit (ratelimit-1.lua), the log entry and the call snapshot are
-    commands of their own around the caller's script."""
+    commands of their own around the caller's script.
 
-    def __init__(self, redis: RedisCluster, keys: KeySpace, call_ttl_seconds: int):
+    With a ReplicaAck, each write goes to its shard's primary followed by WAIT on the same
+    connection (`_acked`); reads, and the rate limit's token, go as they are."""
+
+    redis: RedisCluster
+
+    def __init__(
+        self,
+        redis: RedisCluster,
+        keys: KeySpace,
+        call_ttl_seconds: int,
+        ack: ReplicaAck | None = None,
+    ):
         super().__init__(redis, keys, call_ttl_seconds)
         self._ratelimit = scripts.register(redis, "ratelimit-1.lua")
+        self._ack = ack
 
     def _queue_eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        if self._ack is not None:
+            return self._acked(
+                self._ack, keys[0], script, "EVALSHA", script.sha, len(keys), *keys, *args
+            )
         reply: Awaitable[Any] = script(keys=keys, args=args)
         return reply
 
     def _queue(self, *args: Any) -> Awaitable[Any]:
+        if self._ack is not None and args[0] not in READ_COMMANDS:
+            return self._acked(self._ack, args[1], None, *args)
         reply: Awaitable[Any] = self.redis.execute_command(*args)
         return reply
+
+    async def _acked(
+        self, ack: ReplicaAck, key: str, script: AsyncScript | None, *command: Any
+    ) -> Any:
+        """`command` (a write of `key`'s slot) and WAIT, together on one connection to
+        the slot's primary. A redirect (the slot moved: resharding, a failover) is followed
+        by the cluster client, and the write, done elsewhere, counts as unconfirmed."""
+        await self.redis.initialize()  # at once when it is; again after a failure
+        node = self.redis.get_node_from_key(key)
+        reply: Any = None
+        held: Any = None
+        for attempt in (1, 2):
+            if node is None:
+                break
+            sent = [PipelineCommand(0, *command), PipelineCommand(1, *ack.wait())]
+            try:
+                await node.execute_pipeline(sent)
+            except (ConnectionError, TimeoutError, OSError):
+                await self._forget(node.name)
+                raise
+            reply, held = sent[0].result, sent[1].result
+            if isinstance(reply, NoScriptError) and script is not None and attempt == 1:
+                await node.execute_command("SCRIPT", "LOAD", script.script)
+                continue
+            break
+        if isinstance(reply, ConnectionError | TimeoutError):
+            assert node is not None
+            await self._forget(node.name)
+            raise reply
+        if node is None or isinstance(reply, AskError):  # MovedError is an AskError too
+            reply, held = await self.redis.execute_command(*command), None
+        elif isinstance(reply, Exception):
+            raise reply
+        judged = ack.judge(reply, held)
+        if isinstance(judged, Unconfirmed):
+            raise judged
+        return judged
+
+    async def _forget(self, node_name: str) -> None:
+        """What the cluster client does when a node fails it: that node is no start
+        point any more, and the slots are learnt again before the next command."""
+        self.redis.nodes_manager.startup_nodes.pop(node_name, None)
+        await self.redis.aclose()
 
     async def _together(self, *replies: Awaitable[Any]) -> list[Any]:
         return await asyncio.gather(*replies)
@@ -368,18 +500,21 @@ class ClusterStore(Store):
         self, keys: list[str], args: list[Any], entry: bytes | None, bucket: _Bucket | None
     ) -> list[Any]:
         logged = (next(self._log_shards), entry) if entry is not None else None
+        reply: list[Any] | None = None
         if bucket is not None:
             name, rate = bucket
             limit = [args[_ARG_NOW], rate.per_second, rate.burst]
-            left = await self._ratelimit(keys=[name], args=limit)
+            left = await self._ratelimit(keys=[name], args=limit)  # a token needs no replica
             if left < 0:  # answered as the postback script answers a refusal
-                if logged is not None:
-                    await self._log_outcome(*logged, -2, None)
-                return [-2, -left]
-        reply: list[Any] = await self._postback(keys=keys, args=args)
+                reply = [-2, -left]
+        if reply is None:
+            reply = await self._queue_eval(self._postback, keys, args)
         if logged is not None:
             code, _, *call_json = reply
-            await self._log_outcome(*logged, code, call_json[0] if call_json else None)
+            try:
+                await self._log_outcome(*logged, code, call_json[0] if call_json else None)
+            except Unconfirmed as exc:  # the postback is judged by its entry's WAIT
+                raise Unconfirmed(reply, exc.replicas, exc.wanted) from exc
         return reply
 
     async def _log_outcome(
@@ -398,8 +533,11 @@ class ClusterStore(Store):
         await self._queue("XADD", shard, "*", SNAPSHOT_FIELD, call_json)
 
 
-def open_store(redis: RedisClient, keys: KeySpace, call_ttl_seconds: int) -> Store:
-    """The store for the client: a cluster client's is a ClusterStore."""
+def open_store(
+    redis: RedisClient, keys: KeySpace, call_ttl_seconds: int, ack: ReplicaAck | None = None
+) -> Store:
+    """The store for the client: a cluster client's is a ClusterStore. With `ack`, writes
+    are answered once the replicas it asks for hold them."""
     if isinstance(redis, RedisCluster):
-        return ClusterStore(redis, keys, call_ttl_seconds)
-    return NodeStore(redis, keys, call_ttl_seconds)
+        return ClusterStore(redis, keys, call_ttl_seconds, ack)
+    return NodeStore(redis, keys, call_ttl_seconds, ack)

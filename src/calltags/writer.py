@@ -7,7 +7,9 @@ by a worker that died between commit and acknowledgement), the COPY fails on the
 primary key and the batch goes the careful way instead: COPY into a temp table, then
 INSERT ... ON CONFLICT DO NOTHING on the entry id. Entries taken over from a dead
 worker go the careful way from the start. Call records go through a temp table and
-are replaced only by a higher version.
+are replaced only by a higher version. Amended rows (a request answered 503 after its
+write, see store.ANSWER_FIELD) replace the answer of the row of the same request, or
+come first: the first row then finds its place taken.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ _POSTBACK_LIST = ", ".join(POSTBACK_COLUMNS)
 _INSERT_POSTBACKS = (
     f"INSERT INTO postbacks ({_POSTBACK_LIST}) SELECT {_POSTBACK_LIST} FROM postbacks_stage"
     " ON CONFLICT DO NOTHING"
+)
+# An amended row wins over the row of the same entry, whichever came first.
+_AMEND_POSTBACKS = (
+    f"INSERT INTO postbacks ({_POSTBACK_LIST})"
+    f" VALUES ({', '.join(f'${n}' for n in range(1, len(POSTBACK_COLUMNS) + 1))})"
+    " ON CONFLICT (received_at, id) DO UPDATE SET"
+    " status = EXCLUDED.status, error = EXCLUDED.error, http_status = EXCLUDED.http_status"
 )
 _CALL_LIST = ", ".join(CALL_COLUMNS)
 # One snapshot per call (the newest); inserted in call_uuid order so that concurrent
@@ -119,28 +128,38 @@ class RowWriter:
         self.pool = pool
         self.partitions = partitions
 
-    async def commit(self, postbacks: list[Row], calls: list[Row], *, fresh: bool = False) -> None:
+    async def commit(
+        self,
+        postbacks: list[Row],
+        calls: list[Row],
+        amended: list[Row] | None = None,
+        *,
+        fresh: bool = False,
+    ) -> None:
         """Write the rows in one transaction; BadData if some value was refused."""
-        if not postbacks and not calls:
+        amended = amended or []
+        if not postbacks and not calls and not amended:
             return
         async with self.pool.acquire() as conn:
             try:
-                await self.partitions.ensure(conn, (row[0] for row in postbacks))
+                await self.partitions.ensure(conn, (row[0] for row in postbacks + amended))
                 if fresh:
                     try:
-                        await self._insert(conn, postbacks, calls, direct=True)
+                        await self._insert(conn, postbacks, calls, amended, direct=True)
                         return
                     except asyncpg.UniqueViolationError:
                         log.info("%d rows came again: adding the missing ones", len(postbacks))
-                await self._insert(conn, postbacks, calls, direct=False)
+                await self._insert(conn, postbacks, calls, amended, direct=False)
             except _DATA_ERRORS as exc:
                 raise BadData(f"{type(exc).__name__}: {exc}") from exc
 
     @staticmethod
-    async def _insert(conn: Conn, postbacks: list[Row], calls: list[Row], *, direct: bool) -> None:
+    async def _insert(
+        conn: Conn, postbacks: list[Row], calls: list[Row], amended: list[Row], *, direct: bool
+    ) -> None:
         """`direct`: COPY the postbacks into their table, which fails on a row that is
         there already; else through the temp table, adding only the missing rows."""
-        if direct and not calls:  # one statement: all or nothing without a transaction
+        if direct and not calls and not amended:  # one statement: all or nothing
             await conn.copy_records_to_table(
                 "postbacks", records=postbacks, columns=POSTBACK_COLUMNS
             )
@@ -155,6 +174,8 @@ class RowWriter:
                     "postbacks_stage", records=postbacks, columns=POSTBACK_COLUMNS
                 )
                 await conn.execute(_INSERT_POSTBACKS)
+            if amended:  # rare (a failover's moments): one statement a row is fine
+                await conn.executemany(_AMEND_POSTBACKS, amended)
             if calls:
                 await conn.copy_records_to_table("calls_stage", records=calls, columns=CALL_COLUMNS)
                 await conn.execute(_UPSERT_CALLS)

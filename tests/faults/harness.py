@@ -17,32 +17,18 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 from cluster import server_binary
-from logtools import PgProxy, free_port
+from logtools import PgProxy, Streams, TcpProxy, free_port, pipe, until
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: `workers/` lives here
 T = TypeVar("T")
-
-
-async def until(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float, every: float = 0.05
-) -> float:
-    """Poll `check` until it is true; the seconds it took. AssertionError naming `what`
-    past `timeout`."""
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(every)
-    return time.monotonic() - started
 
 
 def _linux_die_with_parent() -> Callable[[], None] | None:
@@ -191,21 +177,17 @@ class RedisServer(Process):
         return await until(answers, "redis answers PING", timeout)
 
 
-class PostgresGate:
-    """tests/logtools.PgProxy on an event loop of its own thread: the test's loop is busy
-    sending load, which must not slow the workers' Postgres traffic down. `cut()` makes
-    Postgres unreachable (refused, open connections reset), `open()` reachable again."""
+class ThreadedProxy:
+    """A tests/logtools TcpProxy on an event loop of its own thread: the test's loop is
+    busy sending load, which must not slow the proxied traffic down. `cut()` makes the
+    upstream unreachable (refused, open connections reset), `open()` reachable again."""
 
-    def __init__(self, dsn: str) -> None:
-        self.proxy = PgProxy(dsn)
+    def __init__(self, proxy: TcpProxy) -> None:
+        self.proxy = proxy
+        self.port = proxy.port
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="pg-proxy", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="proxy", daemon=True)
         self._thread.start()
-
-    @property
-    def dsn(self) -> str:
-        """The DSN through the proxy."""
-        return self.proxy.dsn
 
     async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
@@ -234,11 +216,73 @@ class PostgresGate:
         self._loop.close()
 
 
+class PostgresGate(ThreadedProxy):
+    """Postgres behind a ThreadedProxy; `dsn` reaches it through the proxy."""
+
+    def __init__(self, dsn: str) -> None:
+        proxy = PgProxy(dsn)
+        super().__init__(proxy)
+        self.dsn = proxy.dsn
+
+
+class ReplicationLag(TcpProxy):
+    """A TcpProxy in front of the primary on `port`, the port the world knows the
+    primary by (Sentinels, the replica, clients: tests/sentinels.py `announced`); run in
+    a ThreadedProxy.
+
+    What the primary sends on a replication link (a connection whose client sent PSYNC)
+    reaches the replica `delay` s late, as to a replica in another zone; everything else
+    passes at once, so a client can have its reply before the replica has the write.
+    Stopping the proxy is the primary's machine dying: the port stops answering, every
+    connection through it is cut, and what it had not yet delivered to the replica is
+    lost with it.
+    """
+
+    def __init__(self, primary_port: int, port: int, delay: float) -> None:
+        super().__init__(("127.0.0.1", primary_port), port)
+        self.delay = delay
+
+    async def _relay(self, client: Streams, upstream: Streams) -> None:
+        (reader, writer), (up_reader, up_writer) = client, upstream
+        loop = asyncio.get_running_loop()
+        replication = False
+        seen = b""
+
+        async def to_primary(chunk: bytes) -> None:  # a replica's handshake begins so
+            nonlocal replication, seen
+            if not replication and len(seen) < 4096:
+                seen += chunk
+                replication = b"SYNC\r\n" in seen  # PSYNC (or the old SYNC)
+            up_writer.write(chunk)
+            await up_writer.drain()
+
+        due: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def to_client(chunk: bytes) -> None:  # each chunk in order, when it is due
+            due.put_nowait((loop.time() + (self.delay if replication else 0.0), chunk))
+
+        async def deliver() -> None:
+            while True:
+                at, chunk = await due.get()
+                await asyncio.sleep(max(0.0, at - loop.time()))
+                writer.write(chunk)
+                await writer.drain()
+
+        delivering = asyncio.create_task(deliver())
+        try:
+            await asyncio.gather(
+                pipe(reader, up_writer, to_primary), pipe(up_reader, writer, to_client)
+            )
+        finally:
+            delivering.cancel()  # the primary gone: what was still due is lost
+
+
 def service_env(
-    redis_url: str, database_url: str, prefix: str, admin: str, routing: str
+    redis_url: str, database_url: str, prefix: str, admin: str, routing: str, **extra: str
 ) -> dict[str, str]:
     """The environment of the web and worker processes: the inherited one without any
-    CALLTAGS_* setting (so the run does not depend on the caller's shell), plus ours."""
+    CALLTAGS_* setting (so the run does not depend on the caller's shell), plus ours and
+    `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLTAGS_")}
     path = env.get("PYTHONPATH")
     env.update(
@@ -252,17 +296,18 @@ def service_env(
         CALLTAGS_FLUSH_CLAIM_IDLE_SECONDS="2",
         PYTHONPATH=f"{ROOT}{os.pathsep}{path}" if path else str(ROOT),
         PYTHONUNBUFFERED="1",
+        **extra,
     )
     env.pop("PORT", None)
     return env
 
 
-def web_process(port: int, env: dict[str, str], folder: Path) -> Process:
+def web_process(port: int, env: dict[str, str], folder: Path, name: str = "web") -> Process:
     argv = [
         sys.executable, "-m", "uvicorn", "--factory", "calltags.app:create_app",
         "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
-    return Process("web", argv, env, folder, folder / "web.log")
+    return Process(name, argv, env, folder, folder / f"{name}.log")
 
 
 def worker_process(n: int, env: dict[str, str], folder: Path) -> Process:

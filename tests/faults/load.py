@@ -111,11 +111,12 @@ class Tally:
 
 class Load:
     """Postbacks at `rate` a second over `callers` caller numbers, plus connect/end
-    cycles on some of them, until `stop()`."""
+    cycles on some of them, until `stop()`; sent to the web processes of `base_url`
+    (one, or several in turn, as a balancer does)."""
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | list[str],
         key: str,
         routing_token: str,
         run: str,
@@ -123,7 +124,7 @@ class Load:
         rate: float,
         connect_every: float = 0.25,
     ) -> None:
-        self.base_url = base_url
+        self.base_urls = [base_url] if isinstance(base_url, str) else base_url
         self.key = key
         self.routing = {"Authorization": f"Bearer {routing_token}"}
         self.run = run
@@ -170,26 +171,33 @@ class Load:
             await self._runner
 
     async def _run(self) -> None:
-        url = httpx.URL(self.base_url)
-        raw = RawClient(url.host, url.port or 80, self.user_agent, CONNECTIONS)
-        async with httpx.AsyncClient(
-            base_url=self.base_url, timeout=TIMEOUT, headers={"User-Agent": self.user_agent}
-        ) as client:
+        urls = [httpx.URL(base) for base in self.base_urls]
+        raws = [RawClient(url.host, url.port or 80, self.user_agent, CONNECTIONS) for url in urls]
+        async with contextlib.AsyncExitStack() as opened:
+            clients = [
+                await opened.enter_async_context(
+                    httpx.AsyncClient(
+                        base_url=base, timeout=TIMEOUT, headers={"User-Agent": self.user_agent}
+                    )
+                )
+                for base in self.base_urls
+            ]
             try:
-                connects = asyncio.create_task(self._connect_loop(client))
-                await self._postback_loop(raw)
+                connects = asyncio.create_task(self._connect_loop(clients))
+                await self._postback_loop(raws)
                 await connects
                 while self._tasks:
                     await asyncio.gather(*list(self._tasks))
             finally:
-                raw.close()
+                for raw in raws:
+                    raw.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _postback_loop(self, raw: RawClient) -> None:
+    async def _postback_loop(self, raws: list[RawClient]) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         scheduled = 0
@@ -199,7 +207,7 @@ class Load:
                 self.tally.skipped[self.phase] += due - scheduled
                 scheduled = due
             while scheduled < due and len(self._tasks) < MAX_IN_FLIGHT:
-                self._spawn(self._postback(raw))
+                self._spawn(self._postback(raws[scheduled % len(raws)]))
                 scheduled += 1
             await asyncio.sleep(0.005)
 
@@ -228,15 +236,18 @@ class Load:
         outcome.answered = time.monotonic()
         outcome.phase = self.phase
 
-    async def _connect_loop(self, client: httpx.AsyncClient) -> None:
-        """Connect a caller, end the call a little later: calls made and ended under
-        the faults, whose snapshots go through the log too."""
-        while not self._stop.is_set():
-            self._spawn(self._call_cycle(client))
+    async def _connect_loop(self, clients: list[httpx.AsyncClient]) -> None:
+        """Connect a caller, end the call a little later (on the next web process):
+        calls made and ended under the faults, whose snapshots go through the log too."""
+        for n in itertools.count():
+            if self._stop.is_set():
+                return
+            connect, end = clients[n % len(clients)], clients[(n + 1) % len(clients)]
+            self._spawn(self._call_cycle(connect, end))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.connect_every)
 
-    async def _call_cycle(self, client: httpx.AsyncClient) -> None:
+    async def _call_cycle(self, client: httpx.AsyncClient, ender: httpx.AsyncClient) -> None:
         call_uuid = f"load-{self.run}-{next(self._calls)}"
         caller = self._random.choice(self.callers)
         outcome = Outcome(self.phase, time.monotonic())
@@ -255,7 +266,7 @@ class Load:
         await asyncio.sleep(0.5)
         end = Outcome(self.phase, time.monotonic())
         self.tally.routing.append(("end", end))
-        await self._send(client.post(f"/calls/{call_uuid}/end", headers=self.routing), end)
+        await self._send(ender.post(f"/calls/{call_uuid}/end", headers=self.routing), end)
         if end.status == 200:
             self.ended.add(call_uuid)
 

@@ -1,5 +1,7 @@
 """The running service of the fault suite: the processes, and what the suite knows of
-them (which consumer names each worker reads the log streams under)."""
+them (which consumer names each worker reads the log streams under). `Service` runs on
+the Redis a URL names (a Sentinel-managed primary too), `Stack` on the suite's own
+RedisServer."""
 
 from __future__ import annotations
 
@@ -9,8 +11,11 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from logtools import free_port
+from logtools import free_port, until
 from redis.asyncio import Redis
+
+from calltags.clients import sentinel_primary
+from calltags.config import SENTINEL_SCHEMES
 
 from .harness import (
     PostgresGate,
@@ -19,7 +24,6 @@ from .harness import (
     pending_by_consumer,
     service_env,
     streams,
-    until,
     wait_http_ready,
     web_process,
     worker_process,
@@ -29,24 +33,44 @@ ADMIN_TOKEN = "faults-admin-token"
 ROUTING_TOKEN = "faults-routing-token"
 
 
-class Stack:
-    """The running service. `web` and `workers` are the processes meant to be up: a
-    supervisor restarts any that exits without the suite killing it (as a process
-    manager would) and records it in `unexpected_exits`."""
+class Service:
+    """The running service on the Redis of `redis_url`: `webs` web processes (`web` and
+    `web_url` are the first's) and the workers, with `settings` (CALLTAGS_...) in their
+    environment. `webs` and `workers` are the processes meant to be up: a supervisor
+    restarts any worker that exits without the suite killing it (as a process manager
+    would) and records it in `unexpected_exits`."""
 
-    def __init__(self, run: str, folder: Path, redis: RedisServer, gate: PostgresGate, dsn: str):
+    def __init__(
+        self,
+        run: str,
+        folder: Path,
+        redis_url: str,
+        gate: PostgresGate,
+        dsn: str,
+        *,
+        webs: int = 1,
+        settings: dict[str, str] | None = None,
+    ):
         self.run = run
         self.folder = folder
-        self.redis = redis
+        self.redis_url = redis_url
         self.gate = gate
         self.database_url = dsn  # straight to Postgres, for the checks; never cut
         self.prefix = f"ctfaults:{run}:"
-        self.env = service_env(redis.url, gate.dsn, self.prefix, ADMIN_TOKEN, ROUTING_TOKEN)
-        self.port = free_port()
-        self.web_url = f"http://127.0.0.1:{self.port}"
-        self.web = web_process(self.port, self.env, folder)
+        self.env = service_env(
+            redis_url, gate.dsn, self.prefix, ADMIN_TOKEN, ROUTING_TOKEN, **(settings or {})
+        )
+        ports = [free_port() for _ in range(webs)]
+        self.web_urls = [f"http://127.0.0.1:{port}" for port in ports]
+        self.webs = [
+            web_process(port, self.env, folder, "web" if webs == 1 else f"web{n}")
+            for n, port in enumerate(ports)
+        ]
+        self.port = ports[0]
+        self.web_url = self.web_urls[0]
+        self.web = self.webs[0]
         self.workers: list[Process] = []
-        self.every_process: list[Process] = [redis, self.web]
+        self.every_process: list[Process] = [*self.webs]
         self.consumers: dict[str, set[str]] = {}  # worker name -> its consumer names
         self.unexpected_exits: list[str] = []
         self._supervisor: asyncio.Task[None] | None = None
@@ -54,15 +78,23 @@ class Stack:
     @contextlib.asynccontextmanager
     async def redis_client(self) -> AsyncIterator[Redis]:
         """A fresh client: one kept across a Redis restart would fail its first call."""
-        client = Redis.from_url(self.redis.url, socket_connect_timeout=2, socket_timeout=5)
+        timeouts = {"socket_connect_timeout": 2, "socket_timeout": 5}
+        if self.redis_url.startswith(SENTINEL_SCHEMES):
+            client = sentinel_primary(self.redis_url, "REDIS_URL", socket_timeout=5)
+        else:
+            client = Redis.from_url(self.redis_url, **timeouts)
         try:
             yield client
         finally:
             await client.aclose()
 
     async def start_web(self) -> float:
-        self.web.start()
-        return await wait_http_ready(self.web_url, self.web)
+        """Every web process that is not running, started; seconds until all are ready."""
+        for web in self.webs:
+            if not web.alive:
+                web.start()
+        pairs = zip(self.web_urls, self.webs, strict=True)
+        return max([await wait_http_ready(url, web) for url, web in pairs])
 
     async def start_worker(self) -> Process:
         """A new worker process, returned once it reads the log streams: the consumer
@@ -121,3 +153,12 @@ class Stack:
 
     def tails(self) -> str:
         return "\n".join(p.tail() for p in self.every_process)
+
+
+class Stack(Service):
+    """The service on the suite's own RedisServer (`redis`), one web process."""
+
+    def __init__(self, run: str, folder: Path, redis: RedisServer, gate: PostgresGate, dsn: str):
+        super().__init__(run, folder, redis.url, gate, dsn)
+        self.redis = redis
+        self.every_process.insert(0, redis)

@@ -14,17 +14,19 @@ import itertools
 import signal
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import httpx
 import orjson
+from logtools import until
 
-from .harness import backlog, pending_by_consumer, streams, until
+from .harness import backlog, pending_by_consumer, streams
 from .load import SEQ_TAG, Load, Outcome
 from .report import REPORTS, Fault, Verdict, table
-from .stack import ADMIN_TOKEN, ROUTING_TOKEN, Stack
+from .stack import ADMIN_TOKEN, ROUTING_TOKEN, Service, Stack
 
 RATE = 300.0  # postbacks a second
 CALLERS = [f"+16465{n:06d}" for n in range(400)]  # the load's callers
@@ -49,8 +51,38 @@ COOL = "cool-down"
 
 
 async def test_nothing_accepted_is_lost_or_duplicated_through_faults(stack: Stack) -> None:
-    started = time.monotonic()
     phases = [Fault(WARM)]
+    load, verdict, drained, leftover = await run_load(
+        stack, phases, lambda load: _inject_faults(stack, load, phases)
+    )
+    assert drained is not None, f"{leftover}\n{stack.tails()}"
+    assert_answers(load, verdict)
+    routing = [
+        (op, o)
+        for op, o in load.tally.routing
+        if o.status is not None and o.status not in ((201 if op == "connect" else 200), 503)
+    ]
+    assert not routing, f"unexpected routing answers: {_describe(routing)}"
+    assert_nothing_lost(verdict)
+    assert load.tally.by_phase(POSTGRES)["200"] > 0, "no postback accepted while Postgres was down"
+    assert not stack.unexpected_exits, (
+        "processes exited that the suite did not kill (it restarted them, as a process manager"
+        " would, so the figures above hold with that restart):\n"
+        + "\n\n".join(stack.unexpected_exits)
+    )
+
+
+async def run_load(
+    stack: Service,
+    phases: list[Fault],
+    inject: Callable[[Load], Awaitable[None]],
+    headline: Callable[[Load, Verdict], str] | None = None,
+) -> tuple[Load, Verdict, float | None, str]:
+    """Calls set up before the faults, then load on the web processes while `inject`
+    runs the faults (appending to `phases`), the drain and the checks; the report
+    printed (and kept for the terminal summary) whatever happened, under `headline`.
+    (load, verdict, seconds the drain took or None, what it left)."""
+    started = time.monotonic()
     load: Load | None = None
     verdict = Verdict()
     drained: float | None = None
@@ -59,10 +91,10 @@ async def test_nothing_accepted_is_lost_or_duplicated_through_faults(stack: Stac
         async with httpx.AsyncClient(base_url=stack.web_url, timeout=10) as http:
             key = await _create_key(http)
             kept = await _calls_before_faults(http, key, stack.run)
-            load = Load(stack.web_url, key, ROUTING_TOKEN, stack.run, CALLERS, RATE)
+            load = Load(stack.web_urls, key, ROUTING_TOKEN, stack.run, CALLERS, RATE)
             load.start()
             try:
-                await _inject_faults(stack, load, phases)
+                await inject(load)
             finally:
                 await load.stop()
             drained, leftover = await _drain(stack)
@@ -85,11 +117,16 @@ async def test_nothing_accepted_is_lost_or_duplicated_through_faults(stack: Stac
                 unexpected_exits=len(stack.unexpected_exits),
                 broke=broke,
             )
+            if headline is not None:
+                report = headline(load, verdict) + "\n" + report
             print("\n" + report, flush=True)
             REPORTS.append(report)
+    return load, verdict, drained, leftover
 
-    assert drained is not None, f"{leftover}\n{stack.tails()}"
 
+def assert_answers(load: Load, verdict: Verdict) -> None:
+    """No 5xx but 503, postbacks answered 200 or 503, some accepted, calls set up before
+    the faults unchanged."""
     assert not load.tally.server_errors(), _describe(load.tally.server_errors())
     others = [
         ("postback", o)
@@ -97,26 +134,18 @@ async def test_nothing_accepted_is_lost_or_duplicated_through_faults(stack: Stac
         if o.status is not None and o.status not in (200, 503)
     ]
     assert not others, f"postbacks answered neither 200 nor 503: {_describe(others)}"
-    routing = [
-        (op, o)
-        for op, o in load.tally.routing
-        if o.status is not None and o.status not in ((201 if op == "connect" else 200), 503)
-    ]
-    assert not routing, f"unexpected routing answers: {_describe(routing)}"
     assert verdict.accepted > 0
+    assert not verdict.kept_problems, "\n".join(verdict.kept_problems)
+
+
+def assert_nothing_lost(verdict: Verdict) -> None:
+    """Every 200 in Postgres once and as a 200, every 201 connect and 200 end there."""
     assert not verdict.lost, f"{len(verdict.lost)} accepted postbacks lost: {verdict.lost[:20]}"
     assert not verdict.duplicated, f"rows logged more than once: {verdict.duplicated}"
     assert not verdict.logged_otherwise, f"200s logged otherwise: {verdict.logged_otherwise}"
     assert verdict.unknown_rows == 0
-    assert load.tally.by_phase(POSTGRES)["200"] > 0, "no postback accepted while Postgres was down"
-    assert not verdict.kept_problems, "\n".join(verdict.kept_problems)
     assert not verdict.calls_lost, f"connected calls missing in Postgres: {verdict.calls_lost}"
     assert not verdict.calls_not_ended, f"ended calls not completed: {verdict.calls_not_ended}"
-    assert not stack.unexpected_exits, (
-        "processes exited that the suite did not kill (it restarted them, as a process manager"
-        " would, so the figures above hold with that restart):\n"
-        + "\n\n".join(stack.unexpected_exits)
-    )
 
 
 # -- the faults -----------------------------------------------------------------------
@@ -215,19 +244,11 @@ async def _kill_redis(stack: Stack, load: Load) -> str:
     """Kill -9 Redis while it holds accepted entries that are not in Postgres yet (the
     workers are frozen for a moment before, so there are some), restart it on the same
     port and folder: the entries must come back from the append-only file."""
-    frozen = list(stack.workers)
-    for worker in frozen:
-        worker.signal(signal.SIGSTOP)
-    try:
-        await asyncio.sleep(FREEZE)
-        async with stack.redis_client() as client:
-            waiting = await backlog(client, await streams(client, stack.prefix))
+
+    async def kill() -> None:
         stack.redis.kill9()
-        killed = time.monotonic()
-    finally:
-        for worker in frozen:
-            worker.signal(signal.SIGCONT)
-    assert waiting > 0, "no log entry waited in Redis when it was killed"
+
+    waiting, killed = await kill_while_entries_wait(stack, kill)
     await asyncio.sleep(REDIS_DOWN)
     stack.redis.start()
     restarted = time.monotonic()
@@ -237,6 +258,27 @@ async def _kill_redis(stack: Stack, load: Load) -> str:
         f"killed holding {waiting} entries not yet in Postgres; down {restarted - killed:.1f} s,"
         f" AOF loaded in {loaded:.1f} s; first 200 {back:.1f} s after the kill"
     )
+
+
+async def kill_while_entries_wait(
+    stack: Service, kill: Callable[[], Awaitable[None]]
+) -> tuple[int, float]:
+    """`kill` Redis while it holds accepted entries not yet in Postgres: the workers are
+    frozen FREEZE s before. (entries waiting, time.monotonic() of the kill)."""
+    frozen = list(stack.workers)
+    for worker in frozen:
+        worker.signal(signal.SIGSTOP)
+    try:
+        await asyncio.sleep(FREEZE)
+        async with stack.redis_client() as client:
+            waiting = await backlog(client, await streams(client, stack.prefix))
+        await kill()
+        killed = time.monotonic()
+    finally:
+        for worker in frozen:
+            worker.signal(signal.SIGCONT)
+    assert waiting > 0, "no log entry waited in Redis when it was killed"
+    return waiting, killed
 
 
 async def _steady(load: Load, seconds: float) -> None:
@@ -256,7 +298,7 @@ async def _recovered(load: Load, since: float) -> float:
     return time.monotonic() - since
 
 
-async def _drain(stack: Stack, timeout: float = 45.0) -> tuple[float | None, str]:
+async def _drain(stack: Service, timeout: float = 45.0) -> tuple[float | None, str]:
     """(seconds until the workers moved every entry to Postgres, None if they did not
     within `timeout`; what was left). The streams are then empty: an entry is deleted
     only after its commit."""
@@ -335,7 +377,7 @@ async def _calls_before_faults(http: httpx.AsyncClient, key: str, run: str) -> l
 
 
 async def _verdict(
-    stack: Stack, load: Load, kept: list[KeptCall], http: httpx.AsyncClient
+    stack: Service, load: Load, kept: list[KeptCall], http: httpx.AsyncClient
 ) -> Verdict:
     conn = await asyncpg.connect(stack.database_url)
     try:
