@@ -329,7 +329,7 @@ async def _handle(
     except RateLimited as exc:
         out.logged = True
         raise _rate_limited(exc) from exc
-    except WriteUnconfirmed as exc:  # the store logged it as answered so (failover issue)
+    except WriteUnconfirmed as exc:  # the store logged it as answered 503, with what it did
         out.logged = True
         raise ApiError("unavailable", "the write is not confirmed (it may have happened)") from exc
     out.logged = True
