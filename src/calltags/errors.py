@@ -85,6 +85,16 @@ _TABLE = (
     ErrorCode("no_tags", 422, "the postback carries no tags", True),
     ErrorCode("invalid_tag", 422, "a tag name or value breaks the tag rules", True),
     ErrorCode("too_many_tags", 422, "too many tags in one postback", True),
+    ErrorCode(
+        "invalid_idempotency_key", 422, "an idempotency key is 1-255 printable characters", True
+    ),
+    ErrorCode(
+        "idempotency_key_reused",
+        422,
+        "this idempotency key was used with other parameters",
+        True,
+    ),
+    ErrorCode("too_many_items", 422, "too many items in one bulk post", True),
     ErrorCode("call_not_found", 404, "no call with that call_uuid", True),
     ErrorCode("invalid_body", 400, "the body cannot be read", True),
     ErrorCode("invalid_query", 400, "the query string cannot be read", True),

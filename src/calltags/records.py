@@ -39,7 +39,7 @@ _STATUS_GROUPS = dict(zip(STATUS_GROUPS, ("error IS NULL", "error IS NOT NULL"),
 _POSTBACK_SELECT = (
     "SELECT received_at, id, method, publisher_id, key_id, key_prefix, caller_raw,"
     " caller_number, call_uuid, tags, status, error, http_status, remote_addr, user_agent,"
-    " latency_us, message FROM postbacks"
+    " latency_us, message, replayed FROM postbacks"
 )
 _CALL_SELECT = (
     "SELECT call_uuid, caller_number, publisher_id, campaign, state, started_at, ended_at,"
