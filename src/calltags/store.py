@@ -325,7 +325,7 @@ class Store(StoreBoundary, ABC):
             args.append(encode_tag(value, publisher_id, key_id, now))
         bucket = (self.keys.rate_bucket(key_id), rate) if rate is not None else None
         try:
-            code, detail, *more = await self._write_postback(keys, args, log_entry, bucket, claim)
+            reply = await self._write_postback(keys, args, log_entry, bucket, claim)
         except Unconfirmed as exc:
             if log_entry is not None:
                 await self._log_unconfirmed(log_entry, exc.reply)
@@ -337,6 +337,7 @@ class Store(StoreBoundary, ABC):
             if log_entry is not None and await self._log_unconfirmed(log_entry, None):
                 raise WriteUnconfirmed(f"{type(exc).__name__}: {exc}") from exc
             raise
+        code, detail = reply[0], reply[1]
         if code == -2:
             assert rate is not None
             raise RateLimited(int(detail), rate.per_second, rate.burst)
@@ -344,10 +345,9 @@ class Store(StoreBoundary, ABC):
             raise IdempotencyKeyReused(call_uuid)
         if code < 0:
             raise CallNotFound(call_uuid)
-        if code == REPLAYED:  # the first write's outcome and detail, and its answer
-            (code, detail, answer), replayed = more, True
-        else:
-            answer, replayed = None, False
+        answer, replayed = None, code == REPLAYED
+        if replayed:  # the first write's outcome and detail, and its answer
+            code, detail, answer = reply[1:4]
         if code == 0:
             return PostbackResult(
                 STATUS_STORED, expires_at_ms=int(detail), replayed=replayed, answer=answer
@@ -498,6 +498,7 @@ class ClusterStore(Store):
     ):
         super().__init__(redis, keys, call_ttl_seconds)
         self._ratelimit = scripts.register(redis, "ratelimit-1.lua")
+        self._claim_script = scripts.register(redis, "claim-1.lua")
         self._ack = ack
 
     def _queue_eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
@@ -590,15 +591,15 @@ class ClusterStore(Store):
 
     async def _claim(self, claim: str, args: list[Any]) -> bool:
         """Whether the idempotency key is this postback's: claimed now with its
-        fingerprint, or claimed before with the same one (as postback-5.lua claims it on
-        one node). The claim only tells parameters apart: the write is decided in the
+        fingerprint, or claimed before with the same one (claim-1.lua, as postback-5.lua
+        claims it on one node). The claim only tells parameters apart: the write is decided in the
         caller's slot, so a claim that a failover loses costs no second write."""
-        fingerprint, until = args[_ARG_FINGERPRINT], args[_ARG_IDEMPOTENT_UNTIL]
+        given = [args[_ARG_FINGERPRINT], args[_ARG_IDEMPOTENT_UNTIL]]
         try:
-            first = await self._queue("SET", claim, fingerprint, "NX", "GET", "PXAT", until)
+            mine = await self._queue_eval(self._claim_script, [claim], given)
         except Unconfirmed as exc:
-            first = exc.reply
-        return first is None or first == fingerprint
+            mine = exc.reply
+        return bool(mine)
 
     async def _log_outcome(
         self, shard: str, entry: bytes, code: int, call_json: bytes | None

@@ -9,7 +9,7 @@
   idempotency record (in the caller's slot, so on Redis Cluster too); and on a single
   Redis node only, the idempotency claim, the log stream to append the entry to and the
   key's token bucket. On Redis Cluster those live in other slots, so the caller claims
-  the idempotency key (SET NX GET), takes the rate limit's token (ratelimit-1.lua) and
+  the idempotency key (claim-1.lua), takes the rate limit's token (ratelimit-1.lua) and
   appends the log entry (XADD) itself.
 
   Input:
@@ -49,6 +49,7 @@
                                parameters (or another caller); nothing written
 ]]
 -- @include take_token.lua
+-- @include claim_key.lua
 local now = tonumber(ARGV[1])
 local cutoff_ms = tonumber(ARGV[2])
 local storage_ms = tonumber(ARGV[3])
@@ -91,11 +92,8 @@ if bucket then
   end
 end
 
-if claim then
-  local first = redis.call('SET', claim, fingerprint, 'NX', 'GET', 'PXAT', idempotent_until)
-  if first and first ~= fingerprint then
-    return logged({-3, ''})
-  end
+if claim and not claim_key(claim, fingerprint, idempotent_until) then
+  return logged({-3, ''})
 end
 if record then
   local first = redis.call('HMGET', record, 'f', 'o', 'd', 'a')
