@@ -400,12 +400,13 @@ async def _handle(
     """Write one postback's tags, given its parameters and the key it may post with;
     (answer, replayed): a repeat of an idempotent postback gets the first one's answer.
     A single post and every item of a bulk post come here."""
-    region = svc.settings.default_region
     out.call_uuid = call_uuid = params.get("call_uuid") or None
     caller_raw = out.caller_raw
     if call_uuid is None and caller_raw is None:
         raise ApiError("missing_caller")
-    caller = phone.normalize(caller_raw, region) if caller_raw is not None else None
+    caller = out.caller_number  # as _note_caller normalized it
+    if caller is None and caller_raw is not None:  # not a number: refused now, in its turn
+        caller = phone.normalize(caller_raw, svc.settings.default_region)
     out.tags = tags = _tags(params)
     given = params.get("idempotency_key")
     if given is not None and not IDEMPOTENCY_KEY.fullmatch(given):
