@@ -6,8 +6,10 @@ The stores, key, pinning and wrk of `make bench` (bench/run.py: the web process 
 from round to round; each bulk run's items a second are compared with the single run of
 the same round (this machine's speed drifts over minutes), and the bench reports the
 median of those ratios. Before every run the calls and log streams the runs wrote are
-deleted (no flush worker runs, so the log backlog never fills). Results are printed and
-saved as JSON in bench/results/bulk-*.json.
+deleted (no flush worker runs, so the log backlog never fills). Each run also reads
+the CPU the web process and Redis spent a postback (/proc/PID/stat, INFO cpu) and the
+CPU the whole machine used (/proc/stat), which shows when something else was running.
+Results are printed and saved as JSON in bench/results/bulk-*.json.
 """
 
 from __future__ import annotations
@@ -19,9 +21,31 @@ import statistics
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.flood import clear_calls
-from bench.run import RESULTS, calltags_server, ensure_wrk, stores_and_key, wrk
+from redis.asyncio import Redis
+
+from bench.flood import clear_calls, cpu_seconds, machine_cpu_seconds
+from bench.run import RESULTS, calltags_process, ensure_wrk, stores_and_key, wrk
 from calltags.keys import KeySpace
+
+
+async def _redis_cpu(url: str) -> float:
+    redis = Redis.from_url(url)
+    try:
+        info = await redis.info("cpu")
+    finally:
+        await redis.aclose()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def measured(run: Any, pid: int, redis_url: str) -> dict[str, Any]:
+    """`run()`'s wrk result, with the CPU seconds the web process, Redis and the whole
+    machine spent meanwhile."""
+    before = (cpu_seconds(pid), asyncio.run(_redis_cpu(redis_url)), machine_cpu_seconds())
+    result: dict[str, Any] = run()
+    after = (cpu_seconds(pid), asyncio.run(_redis_cpu(redis_url)), machine_cpu_seconds())
+    for name, start, end in zip(("web", "redis", "machine"), before, after, strict=True):
+        result[f"{name}_cpu_s"] = round(end - start, 2)
+    return result
 
 
 def main() -> None:
@@ -38,7 +62,7 @@ def main() -> None:
     with stores_and_key(args.callers) as service:
         env = {**service.env, "ITEMS": str(args.items)}
         keys = KeySpace(env["CALLTAGS_REDIS_PREFIX"], 8)
-        with calltags_server(env) as base:
+        with calltags_process(env) as (base, proc):
             wrk(base, "postback.lua", 2, args.connections, env)  # warm caches, connections
             wrk(base, "bulk.lua", 2, args.bulk_connections, env)
             for n in range(args.rounds):
@@ -46,20 +70,32 @@ def main() -> None:
                 order = ("single", "bulk") if n % 2 == 0 else ("bulk", "single")
                 for kind in order:
                     asyncio.run(clear_calls(env["REDIS_URL"], keys))
-                    if kind == "single":
-                        result = wrk(base, "postback.lua", args.seconds, args.connections, env)
-                        result["items_per_second"] = result["rps"]
-                    else:
-                        result = wrk(base, "bulk.lua", args.seconds, args.bulk_connections, env)
-                        result["items_per_second"] = result["rps"] * args.items
+                    script, connections, items = (
+                        ("postback.lua", args.connections, 1)
+                        if kind == "single"
+                        else ("bulk.lua", args.bulk_connections, args.items)
+                    )
+                    result = measured(
+                        lambda: wrk(base, script, args.seconds, connections, env),  # noqa: B023
+                        proc.pid,
+                        env["REDIS_URL"],
+                    )
+                    result["items_per_second"] = result["rps"] * items
+                    postbacks = result["requests"] * items
+                    result["web_us"] = result["web_cpu_s"] / postbacks * 1e6
+                    result["redis_us"] = result["redis_cpu_s"] / postbacks * 1e6
                     found[kind] = result
                     print(
                         f"round {n + 1} {kind:<6} {result['items_per_second']:8.0f} postbacks/s"
                         f"  ({result['rps']:.0f} requests/s, p50"
-                        f" {result['p50_us'] / 1000:.1f} ms, non-2xx {result['non_2xx']})",
+                        f" {result['p50_us'] / 1000:.1f} ms, non-2xx {result['non_2xx']});"
+                        f" CPU a postback: web {result['web_us']:.0f} us,"
+                        f" Redis {result['redis_us']:.0f} us;"
+                        f" machine {result['machine_cpu_s'] / args.seconds:.2f} cores",
                         flush=True,
                     )
                 found["ratio"] = found["bulk"]["items_per_second"] / found["single"]["rps"]
+                found["web_cpu_ratio"] = found["single"]["web_us"] / found["bulk"]["web_us"]
                 rounds.append(found)
     ratios = [r["ratio"] for r in rounds]
     summary = {
@@ -72,11 +108,13 @@ def main() -> None:
         ),
         "ratio": round(statistics.median(ratios), 2),
         "ratios": [round(r, 2) for r in ratios],
+        "web_cpu_ratio": round(statistics.median(r["web_cpu_ratio"] for r in rounds), 2),
     }
     print(
         f"\nsingle {summary['single_per_second']} postbacks/s, bulk"
         f" {summary['bulk_items_per_second']} items/s ({args.items} a post):"
-        f" {summary['ratio']} x (rounds: {' '.join(f'{r:.2f}' for r in ratios)})"
+        f" {summary['ratio']} x (rounds: {' '.join(f'{r:.2f}' for r in ratios)});"
+        f" web CPU a postback: single {summary['web_cpu_ratio']} x a bulk item's"
     )
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"bulk-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"

@@ -170,7 +170,15 @@ async def test_refusals_of_the_whole_post(
         assert_error(refused, 400, "invalid_body")
     assert_error(await client.post(path, content=b"\xff\xfe", headers=csv_headers), 400,
                  "invalid_body")  # fmt: skip
-    for bad_json in (b"{", b"[]", b'{"items": {}}', b'{"items": [1]}', b'{"other": []}'):
+    for bad_json in (
+        b"{",
+        b"[]",
+        b'{"items": {}}',
+        b'{"items": 5}',
+        b"[1, 2]",
+        b'{"items": [1]}',
+        b'{"other": []}',
+    ):
         refused = await client.post(
             path, content=bad_json, headers={"content-type": "application/json"}
         )

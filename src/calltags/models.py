@@ -401,7 +401,7 @@ BulkItem = Annotated[
 ]
 
 
-class BulkBody(Struct, kw_only=True):
+class BulkBody(Struct, kw_only=True, forbid_unknown_fields=True):
     """A bulk post's JSON body (or CSV with a header row: caller_number or call_uuid,
     idempotency_key, one column per tag; an empty cell is no tag)."""
 

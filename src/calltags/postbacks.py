@@ -539,8 +539,8 @@ def _json_items(body: bytes) -> list[dict[str, Any]]:
         return items
     except msgspec.ValidationError as exc:
         with contextlib.suppress(orjson.JSONDecodeError):
-            found = orjson.loads(body)
-            if isinstance(found, dict) and len(found.get("items") or ()) > MAX_BULK_ITEMS:
+            found = orjson.loads(body).get("items") if body.lstrip()[:1] == b"{" else None
+            if isinstance(found, list) and len(found) > MAX_BULK_ITEMS:
                 raise _too_many() from exc
         raise ApiError("invalid_body", str(exc)) from exc
     except msgspec.DecodeError as exc:
