@@ -27,6 +27,8 @@ from bench.flood import clear_calls, cpu_seconds, machine_cpu_seconds
 from bench.run import RESULTS, calltags_process, ensure_wrk, stores_and_key, wrk
 from calltags.keys import KeySpace
 
+BULK = ("bulk.lua",)  # appended to postback.lua: its callers, a bulk post's request()
+
 
 async def _redis_cpu(url: str) -> float:
     redis = Redis.from_url(url)
@@ -64,19 +66,19 @@ def main() -> None:
         keys = KeySpace(env["CALLTAGS_REDIS_PREFIX"], 8)
         with calltags_process(env) as (base, proc):
             wrk(base, "postback.lua", 2, args.connections, env)  # warm caches, connections
-            wrk(base, "bulk.lua", 2, args.bulk_connections, env)
+            wrk(base, "postback.lua", 2, args.bulk_connections, env, BULK)
             for n in range(args.rounds):
                 found: dict[str, Any] = {}
                 order = ("single", "bulk") if n % 2 == 0 else ("bulk", "single")
                 for kind in order:
                     asyncio.run(clear_calls(env["REDIS_URL"], keys))
-                    script, connections, items = (
-                        ("postback.lua", args.connections, 1)
+                    also, connections, items = (
+                        ((), args.connections, 1)
                         if kind == "single"
-                        else ("bulk.lua", args.bulk_connections, args.items)
+                        else (BULK, args.bulk_connections, args.items)
                     )
                     result = measured(
-                        lambda: wrk(base, script, args.seconds, connections, env),  # noqa: B023
+                        lambda: wrk(base, "postback.lua", args.seconds, connections, env, also),  # noqa: B023
                         proc.pid,
                         env["REDIS_URL"],
                     )

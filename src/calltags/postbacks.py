@@ -730,14 +730,10 @@ class PublisherApi:
         if bulk is None and path_key(req.path) is None:
             status, body, headers = error_answer(_unroutable(req.path))
             route = UNMATCHED
-        elif bulk is not None and method == "POST":
-            (status, body, headers), outcomes = await self.answer_bulk(req)
+        elif method == "POST" or (method == "GET" and bulk is None):
+            (status, body, headers), outcomes = await self.answer(req, bulk is not None)
             for outcome in outcomes:
                 self.metrics.outcome(outcome)
-            self.metrics.postback_latency.observe(req.seconds())
-        elif bulk is None and (method == "GET" or method == "POST"):
-            (status, body, headers), outcome = await self.answer(req)
-            self.metrics.outcome(outcome)
             self.metrics.postback_latency.observe(req.seconds())
         elif method == "OPTIONS" and _ORIGIN in req.headers and _PREFLIGHT_METHOD in req.headers:
             status, body, raw = _preflight(req)
@@ -753,23 +749,16 @@ class PublisherApi:
         self.metrics.request(_API, route, method, status)
         await send_json(send, status, body, headers, cors)
 
-    async def answer(self, req: Incoming) -> tuple[Answer, str]:
-        """What a GET or POST gets (bugs included), and its outcome."""
+    async def answer(self, req: Incoming, bulk: bool = False) -> tuple[Answer, list[str]]:
+        """What a GET or POST, or a bulk POST, gets (bugs included), and the outcome of
+        each postback it carries."""
         svc = self.services
         assert svc is not None, "the publisher API answers once the front has started"
         try:
-            return await _answer(svc, req)
-        except Exception:
-            log.exception("%s %s failed", req.method, req.path[:64])
-            internal = ApiError("internal_error")
-            return error_answer(internal), internal.code
-
-    async def answer_bulk(self, req: Incoming) -> tuple[Answer, list[str]]:
-        """What a bulk POST gets (bugs included), and its items' outcomes."""
-        svc = self.services
-        assert svc is not None, "the publisher API answers once the front has started"
-        try:
-            return await _answer_bulk(svc, req)
+            if bulk:
+                return await _answer_bulk(svc, req)
+            answer, outcome = await _answer(svc, req)
+            return answer, [outcome]
         except Exception:
             log.exception("%s %s failed", req.method, req.path[:64])
             internal = ApiError("internal_error")
