@@ -229,3 +229,13 @@ async def test_refusals_are_not_kept_a_retry_is_judged_again(
     assert found.json()["call_uuid"] == uuid
     again = await client.get("/data_writing", params=params, headers=headers)
     assert again.headers[REPLAYED] == "true" and again.content == found.content
+
+
+async def test_the_openapi_document_names_the_header(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    for method in ("get", "post"):
+        params = spec["paths"]["/data_writing"][method]["parameters"]
+        assert {"name": "idempotency_key", "in": "query"}.items() <= next(
+            p for p in params if p["name"] == "idempotency_key"
+        ).items()
+        assert any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in params)

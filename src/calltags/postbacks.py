@@ -678,6 +678,15 @@ _TAGS_PARAMETER = {
 }
 
 
+_IDEMPOTENCY_PARAMETER = {
+    "name": IDEMPOTENCY_HEADER,
+    "in": "header",
+    "description": "as the idempotency_key parameter (the two may not differ); a repeat's"
+    f" answer carries {REPLAYED_HEADER}: true",
+    "schema": {"type": "string", "pattern": f"^{models.IDEMPOTENCY_KEY}$"},
+}
+
+
 def _unroutable(path: str) -> ApiError:
     return ApiError("not_found", f"no route {path[:200]!r}: a key holds no slash")
 
@@ -690,7 +699,7 @@ for _path in (PATH, PATH + "/{key}"):
             _method, _path, query=PostbackParams, response=PostbackAnswer,
             body=PostbackParams if _method == "POST" else None,
             errors=tuple(code for code in LOGGED_CODES if code != "undecodable_entry"),
-            doc={"description": DOC, "parameters": [_TAGS_PARAMETER]},
+            doc={"description": DOC, "parameters": [_TAGS_PARAMETER, _IDEMPOTENCY_PARAMETER]},
         )(_answer)  # fmt: skip
 _CSV_BODY = {"schema": {"type": "string", "description": "a header row, then one row an item"}}
 for _path in (PATH + BULK, PATH + "/{key}" + BULK):
