@@ -96,10 +96,22 @@ async def test_of_50_identical_posts_racing_exactly_one_writes(
     items = listed.json()["items"]
     assert sorted(item["replayed"] for item in items) == [False] + [True] * 49
     assert {item["call_uuid"] for item in items} == {call["call_uuid"]}
+    for replayed, count in (("true", 49), ("false", 1)):
+        only = await client.get(
+            "/admin/postbacks",
+            params={"key_id": key["id"], "replayed": replayed, "limit": 100},
+            headers=ADMIN,
+        )
+        assert [item["replayed"] for item in only.json()["items"]] == [replayed == "true"] * count
 
     page = await client.get("/console/log", params={"key_id": key["id"]}, headers=ADMIN)
     assert page.status_code == 200, page.text
     assert page.text.count('class="replayed"') == 49
+    repeats = await client.get(
+        "/console/log", params={"key_id": key["id"], "replayed": "true"}, headers=ADMIN
+    )
+    assert repeats.text.count('class="replayed"') == repeats.text.count('class="entry ') == 49
+    assert '<option value="true" selected>' in repeats.text
 
 
 async def test_a_repeat_gets_the_first_answer_and_writes_nothing(

@@ -305,6 +305,9 @@ class PostbackFilters(Body):
         ]
         | None
     ) = None
+    replayed: (
+        Annotated[bool, Meta(description="true: the repeats of idempotent postbacks only")] | None
+    ) = None
     since: Time | None = None
     until: Time | None = None
     limit: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT

@@ -181,7 +181,7 @@ class Records(StoreBoundary):
     async def postbacks(self, filters: PostbackFilters, region: str) -> PostbackPage:
         """A page of the postback log; ApiError 422 `invalid_request` for a bad filter."""
         query = _common(filters, region, "received_at", "id")
-        _equal(query, filters, ("publisher_id", "key_id", "call_uuid"))
+        _equal(query, filters, ("publisher_id", "key_id", "call_uuid", "replayed"))
         if filters.status is not None:
             _status(query, filters.status)
         items, cursor = await self._page(
