@@ -5,13 +5,16 @@ each item answered and logged as the same postback posted alone. Against real Re
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any
 
 import httpx
+import orjson
 from apitools import assert_error, connect
 from conftest import Keys, fresh_caller
 from logtools import fetch
 
+from calltags import signing
 from calltags.models import MAX_BULK_ITEMS
 from calltags.sink import Sink
 
@@ -210,3 +213,20 @@ async def test_the_bulk_routes_are_in_the_openapi_document(client: httpx.AsyncCl
     items = spec["components"]["schemas"]["BulkBody"]["properties"]["items"]
     assert items["maxItems"] == MAX_BULK_ITEMS
     assert "BulkAnswer" in spec["components"]["schemas"]
+
+
+async def test_a_signed_key_signs_the_bulk_body(client: httpx.AsyncClient, keys: Keys) -> None:
+    key = await keys.key(require_signature=True)
+    path = f"/data_writing/{key['key']}/bulk"
+    body = orjson.dumps({"items": [{"caller_number": fresh_caller(), "lead": "a"}]})
+    json_type = {"content-type": "application/json"}
+    assert_error(await client.post(path, content=body, headers=json_type), 401,
+                 "missing_signature")  # fmt: skip
+    stamp = str(int(time.time()))
+    signed = signing.signature(key["signing_secret"].encode(), stamp, "POST", path, "", body)
+    headers = {**json_type, signing.TIMESTAMP_HEADER: stamp, signing.SIGNATURE_HEADER: signed}
+    response = await client.post(path, content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["status"] == STORED
+    tampered = await client.post(path, content=body.replace(b"a", b"b"), headers=headers)
+    assert_error(tampered, 401, "invalid_signature")
