@@ -619,7 +619,9 @@ async def _bulk_item(
         out.params = params = {name: _text(name, value) for name, value in item.items()}
         _note_caller(out, params, svc.settings.default_region)
         if "key" in params:
-            raise ApiError("invalid_body", "a bulk item cannot name a key: the post's key is every item's")
+            raise ApiError(
+                "invalid_body", "a bulk item cannot name a key: the post's key is every item's"
+            )
         answer, replayed = await _handle(svc, req, out, key, params)
     except (ApiError, StoreUnavailable) as exc:
         failure = await _refused(svc, req, out, exc)
