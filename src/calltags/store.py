@@ -188,7 +188,7 @@ def call_from_doc(doc: dict[str, Any]) -> Call:
 _ARG_NOW = 0
 _ARG_LOG_ENTRY = 7
 _ARG_OPTIONAL = 8  # the letters naming the optional keys
-_ARG_FINGERPRINT = 9
+_ARG_FINGERPRINT = 9  # of an idempotent postback only
 _ARG_IDEMPOTENT_UNTIL = 10
 # A postback key's token bucket (its Redis key) and rate.
 _Bucket: TypeAlias = tuple[str, RateLimit]
@@ -315,11 +315,11 @@ class Store(StoreBoundary, ABC):
             rate.per_second if rate is not None else 0,
             rate.burst if rate is not None else 0,
             b"",
-            "i" if idempotent is not None else "",
-            idempotent.fingerprint if idempotent is not None else b"",
-            idempotent.until_ms if idempotent is not None else 0,
-            idempotent.answer if idempotent is not None else b"",
+            "",
         ]
+        if idempotent is not None:  # the answer record and its arguments (see the script)
+            args[_ARG_OPTIONAL] = "i"
+            args += [idempotent.fingerprint, idempotent.until_ms, idempotent.answer]
         for name, value in tags.items():
             args.append(name)
             args.append(encode_tag(value, publisher_id, key_id, now))

@@ -31,10 +31,13 @@
                f  the idempotency claim idem:{KEY_ID:TOKEN}: the first fingerprint
                l  the postback log stream
                b  the key's token bucket
-    ARGV[10] the fingerprint of the postback's parameters (with i or f)
-    ARGV[11] when the idempotency records expire, ms since the epoch (with i or f)
+    with i or f only (so that a postback without an idempotency key passes no more
+    arguments than it needs: Redis builds ARGV anew every call):
+    ARGV[10] the fingerprint of the postback's parameters
+    ARGV[11] when the idempotency records expire, ms since the epoch
     ARGV[12] the answer's parts the write does not decide, kept in the record (with i)
-    ARGV[13], ARGV[14], ...  tag name, tag value ("publisher_id:key_id:set_at_ms|value")
+    then: tag name, tag value ("publisher_id:key_id:set_at_ms|value"), ...: from ARGV[13]
+    with i or f, else from ARGV[10]
 
   Output:
     {0, expires_at_ms}         no live call, none ended inside the cut-off: tags pending
@@ -55,17 +58,28 @@ local cutoff_ms = tonumber(ARGV[2])
 local storage_ms = tonumber(ARGV[3])
 local call_ttl_ms = tonumber(ARGV[4])
 local target = ARGV[5]
+
+-- The optional keys by their letters (string.find: no table, no new strings a call).
+local optional = ARGV[9]
+local at = string.find(optional, 'i', 1, true)
+local record = at and KEYS[2 + at]
+at = string.find(optional, 'f', 1, true)
+local claim = at and KEYS[2 + at]
+at = string.find(optional, 'l', 1, true)
+local log_stream = at and KEYS[2 + at]
+at = string.find(optional, 'b', 1, true)
+local bucket = at and KEYS[2 + at]
 local fingerprint = ARGV[10]
 local idempotent_until = ARGV[11]
-local FIRST_TAG = 13
+local FIRST_TAG = (record or claim) and 13 or 10
 
-local optional = {}
-for n = 1, #ARGV[9] do
-  optional[string.sub(ARGV[9], n, n)] = KEYS[2 + n]
-end
-local record, claim, log_stream, bucket = optional.i, optional.f, optional.l, optional.b
-
+-- The reply, logged; a write's (outcome 0, 1 or 2) also kept as the idempotency key's
+-- answer.
 local function logged(reply, call_json)
+  if record and reply[1] >= 0 then
+    redis.call('HSET', record, 'f', fingerprint, 'o', reply[1], 'd', reply[2], 'a', ARGV[12])
+    redis.call('PEXPIREAT', record, idempotent_until)
+  end
   if log_stream then
     if call_json then
       redis.call('XADD', log_stream, '*', 'e', ARGV[8], 'r', reply[1], 'c', call_json)
@@ -74,15 +88,6 @@ local function logged(reply, call_json)
     end
   end
   return reply
-end
-
--- A write's reply, kept as the idempotency key's answer and logged.
-local function written(reply, call_json)
-  if record then
-    redis.call('HSET', record, 'f', fingerprint, 'o', reply[1], 'd', reply[2], 'a', ARGV[12])
-    redis.call('PEXPIREAT', record, idempotent_until)
-  end
-  return logged(reply, call_json)
 end
 
 if bucket then
@@ -140,7 +145,7 @@ if target ~= '' then
     return logged({-1, ''})
   end
   if outcome > 0 then
-    return written({outcome, target, call_json}, call_json)
+    return logged({outcome, target, call_json}, call_json)
   end
 else
   local pointers = redis.call('HMGET', KEYS[2], '@live', '@last')
@@ -148,7 +153,7 @@ else
     if uuid then
       local outcome, call_json = try_call(uuid)
       if outcome and outcome > 0 then
-        return written({outcome, uuid, call_json}, call_json)
+        return logged({outcome, uuid, call_json}, call_json)
       end
     end
   end
@@ -160,4 +165,4 @@ if ttl < storage_ms then
   redis.call('PEXPIRE', KEYS[1], storage_ms)
   ttl = storage_ms
 end
-return written({0, now + ttl})
+return logged({0, now + ttl})
