@@ -31,13 +31,14 @@ from calltags.keys import KeySpace
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--before", type=Path, required=True, help="the other checkout")
+    parser.add_argument("--after", type=Path, default=HERE.parent, help="default: this one")
     parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--callers", type=int, default=100_000, help="caller pool size")
     args = parser.parse_args()
     ensure_wrk()
-    trees = {"before": args.before.resolve(), "after": HERE.parent}
+    trees = {"before": args.before.resolve(), "after": args.after.resolve()}
     rounds: list[dict[str, Any]] = []
     with stores_and_key(args.callers) as service, contextlib.ExitStack() as stack:
         keys = KeySpace(service.env["CALLTAGS_REDIS_PREFIX"], 8)
@@ -72,7 +73,7 @@ def main() -> None:
             rounds.append(found)
     summary = {
         "when": datetime.now(UTC).isoformat(),
-        "args": {**vars(args), "before": str(args.before)},
+        "args": {**vars(args), "before": str(args.before), "after": str(args.after)},
         "rounds": rounds,
         "rps_ratio": round(statistics.median(r["rps_ratio"] for r in rounds), 3),
         "cpu_ratio": round(statistics.median(r["cpu_ratio"] for r in rounds), 3),
