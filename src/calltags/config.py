@@ -161,6 +161,11 @@ class Settings:
     write_ack: str = "primary"  # "primary": answered once the primary has it; "replica"
     write_replicas: int = 1  # with "replica": replicas that must hold a write
     write_ack_timeout_ms: int = 100  # with "replica": the longest a request waits for them
+    webhook_timeout_seconds: float = 10.0  # a receiver's time to answer a delivery 2xx
+    webhook_retry_base_seconds: float = 10.0  # the first wait before a retry, doubling after
+    webhook_max_attempts: int = 15  # attempts of a delivery before it is failed
+    webhook_disable_after: int = 50  # failed deliveries in a row disabling a webhook; 0: never
+    webhook_allow_private: bool = False  # deliveries may go to loopback and private addresses
 
     @property
     def uses_cluster(self) -> bool:
@@ -195,6 +200,17 @@ def _int(config: Config, name: str, default: int, low: int, high: int) -> int:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _seconds(config: Config, name: str, default: float, low: float, high: float) -> float:
+    raw = config(name, default=str(default))
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from exc
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw}")
     return value
 
 
@@ -286,6 +302,14 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         # takes 0 as "forever", so the timeout starts at 1.
         write_replicas=_int(config, "CALLTAGS_WRITE_REPLICAS", 1, 1, 100),
         write_ack_timeout_ms=_int(config, "CALLTAGS_WRITE_ACK_TIMEOUT_MS", 100, 1, 60_000),
+        webhook_timeout_seconds=_seconds(config, "CALLTAGS_WEBHOOK_TIMEOUT_SECONDS", 10, 0.1, 60),
+        webhook_retry_base_seconds=_seconds(
+            config, "CALLTAGS_WEBHOOK_RETRY_BASE_SECONDS", 10, 0.01, 3600
+        ),
+        webhook_max_attempts=_int(config, "CALLTAGS_WEBHOOK_MAX_ATTEMPTS", 15, 1, 100),
+        webhook_disable_after=_int(config, "CALLTAGS_WEBHOOK_DISABLE_AFTER", 50, 0, 10**6),
+        webhook_allow_private=config("CALLTAGS_WEBHOOK_ALLOW_PRIVATE", default="0").lower()
+        in ("1", "true", "yes"),
     )
 
 

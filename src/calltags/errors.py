@@ -103,6 +103,7 @@ _TABLE = (
     ErrorCode("call_exists", 409, "that call_uuid belongs to another caller"),
     ErrorCode("publisher_not_found", 404, "no such publisher"),
     ErrorCode("key_not_found", 404, "no such usable key"),
+    ErrorCode("webhook_not_found", 404, "no such webhook"),
     # Any route.
     ErrorCode("not_found", 404, "no such route"),
     ErrorCode("method_not_allowed", 405, "this route does not take that method"),

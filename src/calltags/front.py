@@ -34,6 +34,7 @@ from calltags import (
     openapi,
     postbacks,
     routing,
+    webhookapi,
 )
 from calltags.asgi import send_json
 from calltags.config import Settings
@@ -60,6 +61,7 @@ OPERATIONS: tuple[Operation, ...] = tuple(
         health.FRONT,
         admin.ROUTES,
         listings.ROUTES,
+        webhookapi.ROUTES,
         console.ROUTES,
         logpage.ROUTES,
         callpage.ROUTES,
@@ -104,6 +106,9 @@ class Front:
             document = orjson.dumps(openapi.document(OPERATIONS))
             self.admin = adminapp.AdminApp(OPERATIONS, self.metrics, document)
         self.core: Core | None = None
+        self.delivery_stats = webhookapi.DeliveryStats()
+        if role is Role.WEB:
+            self.metrics.registry.register(self.delivery_stats)
 
     @property
     def operations(self) -> Sequence[Operation]:
@@ -172,6 +177,7 @@ class Front:
             tasks += [
                 asyncio.create_task(_touch_keys(svc)),
                 asyncio.create_task(svc.log.watch(_BACKLOG_INTERVAL)),
+                asyncio.create_task(self.delivery_stats.watch(svc)),
             ]
         else:
             self.core = open_core(self.settings)

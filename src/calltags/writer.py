@@ -7,7 +7,8 @@ by a worker that died between commit and acknowledgement), the COPY fails on the
 primary key and the batch goes the careful way instead: COPY into a temp table, then
 INSERT ... ON CONFLICT DO NOTHING on the entry id. Entries taken over from a dead
 worker go the careful way from the start. Call records go through a temp table and
-are replaced only by a higher version. Amended rows (a request answered 503 after its
+are replaced only by a higher version. A batch's webhook deliveries (outbox.py) are
+inserted in the same transaction, each at most once. Amended rows (a request answered 503 after its
 write, see store.ANSWER_FIELD) replace the answer of the row of the same request, or
 come first: the first row then finds its place taken.
 """
@@ -20,6 +21,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from calltags.outbox import INSERT_OUTBOX, columns
 from calltags.partitions import Conn, Partitions
 from calltags.rows import CALL_COLUMNS, POSTBACK_COLUMNS, Row
 
@@ -135,35 +137,45 @@ class RowWriter:
         amended: list[Row] | None = None,
         *,
         fresh: bool = False,
-    ) -> None:
-        """Write the rows in one transaction; BadData if some value was refused."""
+        outbox: list[Row] | None = None,
+    ) -> list[str]:
+        """Write the rows in one transaction; the ids of the webhook deliveries (`outbox`
+        rows) inserted now. BadData if some value was refused."""
         amended = amended or []
+        outbox = outbox or []
         if not postbacks and not calls and not amended:
-            return
+            return []
         async with self.pool.acquire() as conn:
             try:
                 await self.partitions.ensure(conn, (row[0] for row in postbacks + amended))
                 if fresh:
                     try:
-                        await self._insert(conn, postbacks, calls, amended, direct=True)
-                        return
+                        return await self._insert(
+                            conn, postbacks, calls, amended, outbox, direct=True
+                        )
                     except asyncpg.UniqueViolationError:
                         log.info("%d rows came again: adding the missing ones", len(postbacks))
-                await self._insert(conn, postbacks, calls, amended, direct=False)
+                return await self._insert(conn, postbacks, calls, amended, outbox, direct=False)
             except _DATA_ERRORS as exc:
                 raise BadData(f"{type(exc).__name__}: {exc}") from exc
 
     @staticmethod
     async def _insert(
-        conn: Conn, postbacks: list[Row], calls: list[Row], amended: list[Row], *, direct: bool
-    ) -> None:
+        conn: Conn,
+        postbacks: list[Row],
+        calls: list[Row],
+        amended: list[Row],
+        outbox: list[Row],
+        *,
+        direct: bool,
+    ) -> list[str]:
         """`direct`: COPY the postbacks into their table, which fails on a row that is
         there already; else through the temp table, adding only the missing rows."""
-        if direct and not calls and not amended:  # one statement: all or nothing
+        if direct and not calls and not amended and not outbox:  # one statement: all or nothing
             await conn.copy_records_to_table(
                 "postbacks", records=postbacks, columns=POSTBACK_COLUMNS
             )
-            return
+            return []
         async with conn.transaction():
             if postbacks and direct:
                 await conn.copy_records_to_table(
@@ -179,3 +191,6 @@ class RowWriter:
             if calls:
                 await conn.copy_records_to_table("calls_stage", records=calls, columns=CALL_COLUMNS)
                 await conn.execute(_UPSERT_CALLS)
+            if outbox:
+                return [row[0] for row in await conn.fetch(INSERT_OUTBOX, *columns(outbox))]
+        return []
