@@ -48,7 +48,7 @@ SWEEP_SECONDS = 5.0  # between two sweeps for overdue delivery attempts
 SWEEP_OVERDUE = 5.0  # s past its time an attempt is taken as lost
 SWEEP_LIMIT = 1000  # attempts a sweep enqueues at most
 STORE_RETRY_SECONDS = 5  # an attempt waits this long while Postgres is unreachable
-JOB_SLACK_SECONDS = 20  # a job's time beyond CALLTAGS_WEBHOOK_TIMEOUT_SECONDS
+JOB_SLACK_SECONDS = 10  # a job's time beyond CALLTAGS_WEBHOOK_TIMEOUT_SECONDS (Postgres)
 
 
 async def startup(ctx: dict[str, Any]) -> None:
