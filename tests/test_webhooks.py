@@ -15,6 +15,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,6 +28,7 @@ from conftest import ADMIN, ROUTING, Keys, fresh_caller, running_app
 from logtools import entry, fill, keyspace, open_sink, own_prefix
 from receiver import Receiver
 from redis.asyncio import Redis
+from test_cli import Cli, leading_json
 
 from calltags.config import Settings
 from calltags.delivery import Courier, Sender
@@ -607,3 +609,35 @@ async def test_metrics_count_deliveries_by_state(hooks: Hooks, key: dict[str, An
     assert 'calltags_webhook_deliveries{state="pending"}' in text
     assert "calltags_webhook_delivery_latency_seconds_bucket" in text
     assert urlsplit(hooks.receiver.url).hostname == "127.0.0.1"
+
+
+async def test_the_cli_creates_lists_tests_and_disables_a_webhook(
+    hooks: Hooks, settings: Settings, tmp_path: Path
+) -> None:
+    cli = Cli(settings, tmp_path)
+    cli.env["CALLTAGS_WEBHOOK_ALLOW_PRIVATE"] = "1"
+    url = hooks.receiver.url + "/cli?c=[call_uuid]"
+    _, out, _ = await cli.run(
+        "webhook", "create", "--name", "crm", "--url", url, "--event", "call.ended",
+        "--event", "tags.stored", "--tag", "zip=1,2", "--tag", "sale",
+    )  # fmt: skip
+    created = leading_json(out)
+    assert created["events"] == ["call.ended", "tags.stored"]
+    assert created["tag_filters"] == [
+        {"tag": "zip", "op": "one_of", "value": ["1", "2"]},
+        {"tag": "sale", "op": "exists", "value": None},
+    ]
+    assert created["secret"] in out.split("signing secret")[1]
+    _, out, _ = await cli.run("webhook", "list")
+    assert f"{created['id']:>6}  enabled" in out
+    _, out, _ = await cli.run("webhook", "test", str(created["id"]))
+    assert leading_json(out)["status"] == 200
+    assert [r.headers["x-calltags-event"] for r in hooks.receiver.requests] == ["webhook.test"]
+    _, out, _ = await cli.run("webhook", "disable", str(created["id"]))
+    assert leading_json(out)["enabled"] is False
+    code, _, err = await cli.run("webhook", "test", "999999", ok=False)
+    assert code != 0 and "no webhook with id 999999" in err
+    code, _, err = await cli.run(
+        "webhook", "create", "--name", "x", "--url", "ftp://x", "--event", "call.ended", ok=False
+    )
+    assert code != 0 and "url" in err

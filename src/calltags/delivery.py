@@ -21,7 +21,11 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from calltags import webhooks
+from calltags.config import Settings
 from calltags.errors import StoreUnavailable
+from calltags.ids import random_uuid
+from calltags.times import now_ms
+from calltags.webhooks import TestResult
 from calltags.webhookstore import Attempt, Pending, WebhookStore
 
 log = logging.getLogger("calltags.webhooks")
@@ -178,3 +182,31 @@ class Courier:
             delivery.secret, delivery.event, delivery.id, timestamp, delivery.body
         )
         return await self.sender.send(delivery.method, delivery.url, delivery.body, headers)
+
+
+async def send_test(store: WebhookStore, settings: Settings, webhook_id: int) -> TestResult:
+    """A webhook.test event sent to the webhook now, once, and recorded as a delivery
+    (WebhookNotFound if there is no such webhook)."""
+    hook = await store.get(webhook_id)
+    secret = await store.secret(webhook_id)
+    delivery_id = random_uuid()
+    now = now_ms()
+    body = webhooks.test_body(delivery_id, now) if hook.method == "POST" else b""
+    values = {"event": webhooks.TEST_EVENT, "delivery_id": delivery_id}
+    url = webhooks.render_url(hook.url, values, {})
+    headers = webhooks.headers(secret, webhooks.TEST_EVENT, delivery_id, now // 1000, body)
+    sender = Sender(settings.webhook_timeout_seconds, settings.webhook_allow_private)
+    try:
+        attempt = await sender.send(hook.method, url, body, headers)
+    finally:
+        await sender.close()
+    await store.add_sent(
+        delivery_id, webhook_id, webhooks.TEST_EVENT, url, hook.method, body, attempt
+    )
+    return TestResult(
+        delivery_id=delivery_id,
+        delivered=attempt.delivered,
+        status=attempt.status,
+        error=attempt.error,
+        latency_ms=attempt.latency_ms,
+    )

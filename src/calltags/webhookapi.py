@@ -15,12 +15,10 @@ from starlette.requests import Request
 
 from calltags import webhooks
 from calltags.admin import path_id
-from calltags.delivery import Sender
+from calltags.delivery import send_test
 from calltags.errors import ApiError, StoreUnavailable
-from calltags.ids import random_uuid
 from calltags.operations import Api, Auth, Routes
 from calltags.services import Services
-from calltags.times import now_ms
 from calltags.webhooks import (
     DeliveryFilters,
     DeliveryPage,
@@ -91,36 +89,7 @@ async def delete_webhook(svc: Services, request: Request) -> Webhook:
 async def test_webhook(svc: Services, request: Request) -> TestResult:
     """Send a webhook.test event now, once; the receiver's answer."""
     with missing_is_404():
-        return await send_test(svc, path_id(request, "webhook_id"))
-
-
-async def send_test(svc: Services, webhook_id: int) -> TestResult:
-    """A webhook.test event sent to the webhook now, recorded as a delivery."""
-    found = store(svc)
-    hook = await found.get(webhook_id)
-    secret = await found.secret(webhook_id)
-    delivery_id = random_uuid()
-    now = now_ms()
-    body = webhooks.test_body(delivery_id, now) if hook.method == "POST" else b""
-    values = {"event": webhooks.TEST_EVENT, "delivery_id": delivery_id}
-    url = webhooks.render_url(hook.url, values, {})
-    event_headers = webhooks.headers(secret, webhooks.TEST_EVENT, delivery_id, now // 1000, body)
-    settings = svc.settings
-    sender = Sender(settings.webhook_timeout_seconds, settings.webhook_allow_private)
-    try:
-        attempt = await sender.send(hook.method, url, body, event_headers)
-    finally:
-        await sender.close()
-    await found.add_sent(
-        delivery_id, webhook_id, webhooks.TEST_EVENT, url, hook.method, body, attempt
-    )
-    return TestResult(
-        delivery_id=delivery_id,
-        delivered=attempt.delivered,
-        status=attempt.status,
-        error=attempt.error,
-        latency_ms=attempt.latency_ms,
-    )
+        return await send_test(store(svc), svc.settings, path_id(request, "webhook_id"))
 
 
 @ROUTES.route("GET", "/admin/webhooks/{webhook_id}/deliveries", errors=_WEBHOOK)
