@@ -26,6 +26,7 @@ import pytest
 from apitools import assert_error, end
 from conftest import ADMIN, ROUTING, Keys, fresh_caller, running_app
 from logtools import entry, fill, keyspace, open_sink, own_prefix
+from pagetools import sign_in, texts, value
 from receiver import Receiver
 from redis.asyncio import Redis
 from test_cli import Cli, leading_json
@@ -619,7 +620,7 @@ async def test_the_cli_creates_lists_tests_and_disables_a_webhook(
     url = hooks.receiver.url + "/cli?c=[call_uuid]"
     _, out, _ = await cli.run(
         "webhook", "create", "--name", "crm", "--url", url, "--event", "call.ended",
-        "--event", "tags.stored", "--tag", "zip=1,2", "--tag", "sale",
+        "--event", "tags.stored", "--tag", "zip=1|2", "--tag", "sale",
     )  # fmt: skip
     created = leading_json(out)
     assert created["events"] == ["call.ended", "tags.stored"]
@@ -641,3 +642,76 @@ async def test_the_cli_creates_lists_tests_and_disables_a_webhook(
         "webhook", "create", "--name", "x", "--url", "ftp://x", "--event", "call.ended", ok=False
     )
     assert code != 0 and "url" in err
+
+
+# -- the console -----------------------------------------------------------------------------
+
+
+async def test_the_console_adds_lists_and_tests_webhooks_and_shows_deliveries(
+    hooks: Hooks, key: dict[str, Any]
+) -> None:
+    client = hooks.client
+    browser = await sign_in(client)
+    try:
+        refused = await client.post(
+            "/console/webhooks",
+            data=browser.form(name="crm", url="ftp://nope", events="call.ended"),
+            headers=browser.headers,
+        )
+        assert refused.status_code == 422
+        assert "url must be an http" in refused.text
+        assert value(refused.text, "webhook-url") == "ftp://nope"  # kept as typed
+        added = await client.post(
+            "/console/webhooks",
+            data=browser.form(
+                name="crm <b>",
+                url=hooks.receiver.url + "/console",
+                events="call.connected, call.ended",
+                tag_filters="zip=10001|10002",
+            ),
+            headers=browser.headers,
+        )
+        assert added.status_code == 200, added.text
+        secret = value(added.text, "webhook-secret")
+        assert secret.startswith("whsec_")
+        assert "crm &lt;b&gt;" in added.text
+        (webhook,) = (await client.get("/admin/webhooks", headers=ADMIN)).json()["items"]
+        assert webhook["tag_filters"] == [
+            {"tag": "zip", "op": "one_of", "value": ["10001", "10002"]}
+        ]
+        listed = await client.get("/console/webhooks", headers=browser.headers)
+        assert secret not in listed.text
+        assert texts(listed.text, "state") == ["enabled"]
+
+        caller = fresh_caller()
+        await postback(client, key, caller, zip="10001")
+        call = await start_call(client, caller)
+        hooks.receiver.answers = [500]
+        hooks.receiver.answer_body = b"<script>alert(1)</script>"
+        assert await hooks.deliver() == ["pending"]
+        page = await client.get(f"/console/webhooks/{webhook['id']}", headers=browser.headers)
+        assert page.status_code == 200
+        assert "HTTP 500: &lt;script&gt;" in page.text and "<script>alert" not in page.text
+        assert texts(page.text, "event", ("class", "list deliveries")) == ["call.connected"]
+        call_page = await client.get(f"/console/calls/{call['call_uuid']}", headers=browser.headers)
+        assert call_page.status_code == 200
+        assert texts(call_page.text, "event") == ["call.connected"]
+
+        tested = await client.post(
+            f"/console/webhooks/{webhook['id']}/test",
+            data=browser.form(),
+            headers=browser.headers,
+        )
+        assert "webhook.test delivered" in " ".join(texts(tested.text, "tested"))
+        disabled = await client.post(
+            f"/console/webhooks/{webhook['id']}/disable",
+            data=browser.form(),
+            headers=browser.headers,
+        )
+        assert disabled.status_code == 303
+        listed = await client.get("/console/webhooks", headers=browser.headers)
+        assert texts(listed.text, "state") == ["disabled"]
+        missing = await client.get("/console/webhooks/999999", headers=browser.headers)
+        assert missing.status_code == 404
+    finally:
+        client.cookies.clear()

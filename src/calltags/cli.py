@@ -218,7 +218,7 @@ async def _with_webhooks(settings: Settings, action: Callable[[Any], Awaitable[N
 
 
 def cmd_webhook_create(args: argparse.Namespace) -> None:
-    from calltags.webhooks import WebhookCreate
+    from calltags.webhooks import WebhookCreate, tag_filter
 
     fields: dict[str, Any] = {"name": args.name, "url": args.url, "events": args.event}
     fields["method"] = args.method
@@ -226,11 +226,7 @@ def cmd_webhook_create(args: argparse.Namespace) -> None:
         fields["publisher_id"] = args.publisher
     if args.campaign is not None:
         fields["campaign"] = args.campaign
-    filters = []
-    for text in args.tag or []:
-        name, op, value = _tag_filter(text)
-        filters.append({"tag": name, "op": op, **({"value": value} if op != "exists" else {})})
-    fields["tag_filters"] = filters
+    fields["tag_filters"] = [tag_filter(text) for text in args.tag or []]
     new = _valid(fields, WebhookCreate)
 
     async def action(store: Any) -> None:
@@ -239,16 +235,6 @@ def cmd_webhook_create(args: argparse.Namespace) -> None:
         print(f"\nsigning secret (shown once, store it now): {webhook.secret}")
 
     asyncio.run(_with_webhooks(_settings(), action))
-
-
-def _tag_filter(text: str) -> tuple[str, str, str | list[str]]:
-    """NAME (exists), NAME=VALUE (equals) or NAME=A,B,C (one_of)."""
-    name, sep, value = text.partition("=")
-    if not sep:
-        return name, "exists", ""
-    if "," in value:
-        return name, "one_of", value.split(",")
-    return name, "equals", value
 
 
 def cmd_webhook_list(args: argparse.Namespace) -> None:
@@ -357,7 +343,7 @@ def parser() -> argparse.ArgumentParser:
     wcreate.add_argument("--publisher", type=int, help="only calls of this publisher")
     wcreate.add_argument("--campaign", help="only calls of this campaign")
     wcreate.add_argument(
-        "--tag", action="append", help="tag filter: NAME, NAME=VALUE or NAME=A,B (repeatable)"
+        "--tag", action="append", help="tag filter: NAME, NAME=VALUE or NAME=A|B (repeatable)"
     )
     wcreate.set_defaults(func=cmd_webhook_create)
     webhook.add_parser("list", help="list webhooks").set_defaults(func=cmd_webhook_list)

@@ -35,6 +35,7 @@ from calltags import (
     postbacks,
     routing,
     webhookapi,
+    webhookpage,
 )
 from calltags.asgi import send_json
 from calltags.config import Settings
@@ -65,6 +66,7 @@ OPERATIONS: tuple[Operation, ...] = tuple(
         console.ROUTES,
         logpage.ROUTES,
         callpage.ROUTES,
+        webhookpage.ROUTES,
         health.ROUTES,
         adminapp.ROUTES,
     )

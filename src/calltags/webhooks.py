@@ -99,6 +99,17 @@ class TagFilter(Body):
 TagFilters = Annotated[list[TagFilter], Meta(max_length=MAX_TAG_FILTERS)]
 
 
+def tag_filter(text: str) -> dict[str, Any]:
+    """A tag filter as the CLI and the console write it: NAME (exists), NAME=VALUE
+    (equals) or NAME=A|B|C (one_of)."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        return {"tag": name, "op": "exists"}
+    if "|" in value:
+        return {"tag": name, "op": "one_of", "value": value.split("|")}
+    return {"tag": name, "op": "equals", "value": value}
+
+
 def _check_url(url: str | UnsetType) -> None:
     if isinstance(url, str):
         parts = urlsplit(url)
