@@ -27,6 +27,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float = field(default_factory=time.monotonic)  # time.monotonic() when read
+    wall: float = field(default_factory=time.time)  # Unix time when read, s
 
 
 class Receiver:
@@ -84,7 +85,12 @@ class Receiver:
                     % (status, len(payload), payload)
                 )
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+        except (
+            asyncio.IncompleteReadError,
+            ConnectionError,
+            asyncio.LimitOverrunError,
+            asyncio.CancelledError,
+        ):
             pass
         finally:
             self._writers.discard(writer)

@@ -74,7 +74,8 @@ class Hooks:
 
     async def deliver(self) -> list[str]:
         """Flush, then one attempt of each new delivery; the states after."""
-        return [await self.courier.attempt(i) for i in await self.flush()]
+        made = await self.flush()
+        return await self.courier.attempt(made) if made else []
 
     async def settle(self, timeout: float = 10.0) -> None:
         """Wait for the scheduled attempts (and those they schedule)."""
@@ -133,7 +134,7 @@ def _hooks(
     async def schedule(delivery_id: str, attempt: int, delay: float) -> None:
         async def later() -> None:
             await asyncio.sleep(delay)
-            await hooks.courier.attempt(delivery_id)
+            await hooks.courier.attempt([delivery_id])
 
         hooks.tasks.append(asyncio.create_task(later()))
 
@@ -284,7 +285,7 @@ async def test_a_get_webhook_sends_its_url_with_the_tokens_replaced(
     assert values["zip"] == ["10 001&x"]  # URL-encoded, so it stays one value
     assert values["missing"] == ["unknown"]
     assert values["none"] == [""]
-    assert "[odd]" in query  # not a token
+    assert values["x"] == ["[odd]"]  # not a token
     headers = request.headers
     assert verify(webhook["secret"], headers["x-calltags-timestamp"], b"",
                   headers["x-calltags-signature"])  # fmt: skip
@@ -560,7 +561,7 @@ async def test_a_test_event_is_sent_now_and_answers_the_receivers_status(
         await hooks.client.post(f"/admin/webhooks/{webhook['id']}/test", headers=ADMIN)
     ).json()
     assert answer["delivered"] is False and answer["status"] is None
-    assert answer["error"].startswith("ConnectError")
+    assert answer["error"].startswith("ClientConnectorError")
     listed = await hooks.client.get(
         f"/admin/webhooks/{webhook['id']}/deliveries?event=webhook.test", headers=ADMIN
     )

@@ -6,12 +6,14 @@ An hourly cron job creates the log's day partitions ahead and drops those past
 CALLTAGS_LOG_RETENTION_DAYS. Jobs are safe to run twice.
 
 Webhook deliveries: the flush commits a batch's deliveries with its rows (the outbox,
-`calltags.outbox`) and then enqueues an arq job `deliver` for each; a failed attempt
-enqueues the next one, deferred (`calltags.delivery`). Each attempt has its own job id,
-so arq never refuses it for an earlier attempt's keys. A sweep every SWEEP_SECONDS
-enqueues the attempts overdue (their job lost: a worker killed between a commit and its
-enqueue); the jobs' timeout is short, so a job a killed worker held runs again (arq's
-in-progress key expires) within a minute of its death.
+`calltags.outbox`) and then enqueues arq jobs `deliver`, DELIVERY_CHUNK deliveries
+each; a failed attempt enqueues the next one, deferred (`calltags.delivery`). Each
+attempt has its own job id, so arq never refuses it for an earlier attempt's keys. An
+attempt leases its delivery in Postgres for the receiver's time and a little more, so
+that jobs run twice send it once at a time. A sweep every SWEEP_SECONDS enqueues the
+attempts overdue (their job lost: a worker killed between a commit and its enqueue, or
+its lease run out); the jobs' timeout is short, so a job a killed worker held also runs
+again (arq's in-progress key expires) well within a minute.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ GC_YOUNG_OBJECTS = 100_000  # containers made between two collections of the you
 SWEEP_SECONDS = 5.0  # between two sweeps for overdue delivery attempts
 SWEEP_OVERDUE = 5.0  # s past its time an attempt is taken as lost
 SWEEP_LIMIT = 1000  # attempts a sweep enqueues at most
+DELIVERY_CHUNK = 50  # new deliveries a job sends
 STORE_RETRY_SECONDS = 5  # an attempt waits this long while Postgres is unreachable
 JOB_SLACK_SECONDS = 10  # a job's time beyond CALLTAGS_WEBHOOK_TIMEOUT_SECONDS (Postgres)
 
@@ -72,7 +75,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         keys,
         batch=settings.flush_batch,
         claim_idle_ms=settings.flush_claim_idle_seconds * 1000,
-        outbox=Outbox(pool, lambda ids: _enqueue_all(courier, [(i, 0) for i in ids])),
+        outbox=Outbox(pool, lambda ids: _enqueue_new(queue, keys, ids)),
     )
     stop = asyncio.Event()
     ctx.update(
@@ -93,7 +96,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     gc.freeze()
     gc.set_threshold(GC_YOUNG_OBJECTS)
     ctx["flusher"] = asyncio.create_task(sink.run(stop))
-    ctx["sweeper"] = asyncio.create_task(_sweep(courier, stop))
+    ctx["sweeper"] = asyncio.create_task(_sweep(queue, keys, courier.store, stop))
     log.info("flushing %d streams as consumer %s", len(sink.streams), sink.consumer)
 
 
@@ -116,13 +119,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 def _courier(settings: Settings, store: WebhookStore, queue: ArqRedis, keys: KeySpace) -> Courier:
     async def schedule(delivery_id: str, attempt: int, delay: float) -> None:
-        await queue.enqueue_job(
-            "deliver",
-            delivery_id,
-            _job_id=keys.delivery_job(delivery_id, attempt),
-            _defer_by=delay or None,
-            _queue_name=WorkerSettings.queue_name,
-        )
+        await _enqueue(queue, keys, [delivery_id], attempt, delay)
 
     sender = Sender(settings.webhook_timeout_seconds, settings.webhook_allow_private)
     return Courier(
@@ -135,32 +132,50 @@ def _courier(settings: Settings, store: WebhookStore, queue: ArqRedis, keys: Key
     )
 
 
-async def _enqueue_all(courier: Courier, attempts: list[tuple[str, int]]) -> None:
-    """Enqueue these attempts now; an attempt whose job exists already is left to it."""
-    await asyncio.gather(*(courier.schedule(i, attempt, 0) for i, attempt in attempts))
+async def _enqueue(
+    queue: ArqRedis, keys: KeySpace, delivery_ids: list[str], attempt: int, delay: float = 0
+) -> None:
+    """A `deliver` job for these deliveries, named after the first one and the attempt;
+    arq refuses it while a job of that name exists (that job sends them)."""
+    await queue.enqueue_job(
+        "deliver",
+        delivery_ids,
+        _job_id=keys.delivery_job(delivery_ids[0], attempt),
+        _defer_by=delay or None,
+        _queue_name=WorkerSettings.queue_name,
+    )
 
 
-async def _sweep(courier: Courier, stop: asyncio.Event) -> None:
-    """Enqueue the attempts overdue, every SWEEP_SECONDS."""
+async def _enqueue_new(queue: ArqRedis, keys: KeySpace, delivery_ids: list[str]) -> None:
+    """The first attempts of deliveries just committed, DELIVERY_CHUNK a job."""
+    chunks = range(0, len(delivery_ids), DELIVERY_CHUNK)
+    await asyncio.gather(
+        *(_enqueue(queue, keys, delivery_ids[at : at + DELIVERY_CHUNK], 0) for at in chunks)
+    )
+
+
+async def _sweep(queue: ArqRedis, keys: KeySpace, store: WebhookStore, stop: asyncio.Event) -> None:
+    """Enqueue the attempts overdue (their job lost), one job each, every SWEEP_SECONDS."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), SWEEP_SECONDS)
         try:
-            due = await courier.store.due(SWEEP_LIMIT, SWEEP_OVERDUE)
+            due = await store.due(SWEEP_LIMIT, SWEEP_OVERDUE)
             if due:
-                await _enqueue_all(courier, due)
+                await asyncio.gather(*(_enqueue(queue, keys, [i], n) for i, n in due))
                 log.info("swept %d overdue delivery attempts", len(due))
         except Exception as exc:  # a store is down: the next sweep tries again
             log.warning("sweeping deliveries failed: %s: %s", type(exc).__name__, exc)
 
 
-async def deliver(ctx: dict[str, Any], delivery_id: str) -> str:
-    """One attempt of a webhook delivery (safe to run twice); its state after."""
+async def deliver(ctx: dict[str, Any], delivery_ids: list[str]) -> list[str]:
+    """An attempt of each of these webhook deliveries that is pending and due (safe to
+    run twice); their states after."""
     courier: Courier = ctx["courier"]
     try:
-        return await courier.attempt(delivery_id)
+        return await courier.attempt(delivery_ids)
     except StoreUnavailable as exc:
-        log.warning("delivery %s waits for Postgres: %s", delivery_id, exc)
+        log.warning("%d deliveries wait for Postgres: %s", len(delivery_ids), exc)
         raise Retry(defer=STORE_RETRY_SECONDS) from exc
 
 

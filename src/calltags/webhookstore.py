@@ -36,23 +36,35 @@ _DELIVERY_SELECT = (
     " FROM webhook_deliveries"
 )
 # An attempt's outcome, recorded only if no other attempt was recorded meanwhile (a job
-# run twice sends twice at worst, and counts once).
+# run twice sends twice at worst, and counts once); with the webhook's count of failed
+# deliveries in a row: started again by a delivery, one more for a delivery failed, at
+# `$8` (above 0) disabling the webhook. One statement: one round trip an attempt.
 _RECORD = (
-    "UPDATE webhook_deliveries SET attempts = attempts + 1, state = $3, last_status = $4,"
-    " last_error = $5, latency_ms = $6, updated_at = now(),"
+    "WITH d AS (UPDATE webhook_deliveries SET attempts = attempts + 1, state = $3,"
+    " last_status = $4, last_error = $5, latency_ms = $6, updated_at = now(),"
     " next_attempt_at = now() + make_interval(secs => $7),"
     " delivered_at = CASE WHEN $3 = 'delivered' THEN now() END"
-    " WHERE id = $1::uuid AND state = 'pending' AND attempts = $2 RETURNING webhook_id"
+    " WHERE id = $1::uuid AND state = 'pending' AND attempts = $2 RETURNING webhook_id),"
+    " w AS (UPDATE webhooks SET"
+    "  failures_in_row = CASE WHEN $3 = 'delivered' THEN 0 ELSE failures_in_row + 1 END,"
+    "  enabled = enabled AND NOT ($3 = 'failed' AND $8 > 0 AND failures_in_row + 1 >= $8),"
+    "  disabled_reason = CASE WHEN $3 = 'failed' AND enabled AND $8 > 0"
+    "   AND failures_in_row + 1 >= $8"
+    "   THEN format('disabled after %s failed deliveries in a row', failures_in_row + 1)"
+    "   ELSE disabled_reason END"
+    " FROM d WHERE webhooks.id = d.webhook_id"
+    "  AND ($3 = 'failed' OR ($3 = 'delivered' AND failures_in_row <> 0)))"
+    " SELECT webhook_id FROM d"
 )
-_DELIVERED = "UPDATE webhooks SET failures_in_row = 0 WHERE id = $1 AND failures_in_row <> 0"
-# One more delivery failed in a row; at `$2` (above 0) the webhook disables itself.
-_FAILED = (
-    "UPDATE webhooks SET failures_in_row = failures_in_row + 1,"
-    " enabled = enabled AND NOT ($2 > 0 AND failures_in_row + 1 >= $2),"
-    " disabled_reason = CASE WHEN enabled AND $2 > 0 AND failures_in_row + 1 >= $2"
-    "  THEN format('disabled after %s failed deliveries in a row', failures_in_row + 1)"
-    "  ELSE disabled_reason END"
-    " WHERE id = $1"
+# The pending deliveries of these ids whose attempt is due, leased for `$2` s: until the
+# lease ends (or the attempt is recorded) no other job sends them, and the workers'
+# sweep leaves them alone. A job a little early (clocks) still takes its delivery.
+_CLAIM = (
+    "UPDATE webhook_deliveries d SET next_attempt_at = now() + make_interval(secs => $2)"
+    " FROM webhooks w WHERE d.id = ANY($1::uuid[]) AND d.state = 'pending'"
+    " AND d.next_attempt_at <= now() + interval '1 second' AND w.id = d.webhook_id"
+    " RETURNING d.id::text AS id, d.webhook_id, d.event, d.method, d.url, d.body, d.attempts,"
+    " w.secret"
 )
 
 
@@ -233,18 +245,10 @@ class WebhookStore(StoreBoundary):
             attempt.latency_ms,
         )
 
-    async def pending(self, delivery_id: str) -> Pending | None:
-        """The delivery, if it is still pending."""
-        row = await self.pool.fetchrow(
-            "SELECT d.id::text AS id, d.webhook_id, d.event, d.method, d.url, d.body,"
-            " d.attempts, w.secret FROM webhook_deliveries d JOIN webhooks w ON w.id ="
-            " d.webhook_id WHERE d.id = $1::uuid AND d.state = 'pending'",
-            delivery_id,
-        )
-        if row is None:
-            return None
-        values = dict(row.items())
-        return Pending(**{**values, "body": values["body"].encode()})
+    async def claim(self, delivery_ids: list[str], lease_seconds: float) -> list[Pending]:
+        """Those of the deliveries still pending and due, leased to the caller."""
+        rows = await self.pool.fetch(_CLAIM, delivery_ids, lease_seconds)
+        return [Pending(**{**dict(row.items()), "body": row["body"].encode()}) for row in rows]
 
     async def record(
         self, delivery: Pending, attempt: Attempt, *, last: bool, retry_in: float,
@@ -259,24 +263,18 @@ class WebhookStore(StoreBoundary):
             state = "failed"
         else:
             state = "pending"
-        async with self.pool.acquire() as conn, conn.transaction():
-            webhook_id = await conn.fetchval(
-                _RECORD,
-                delivery.id,
-                delivery.attempts,
-                state,
-                attempt.status,
-                attempt.error,
-                attempt.latency_ms,
-                retry_in,
-            )
-            if webhook_id is None:
-                return None
-            if state == "delivered":
-                await conn.execute(_DELIVERED, webhook_id)
-            elif state == "failed":
-                await conn.execute(_FAILED, webhook_id, disable_after)
-        return state
+        found = await self.pool.fetchval(
+            _RECORD,
+            delivery.id,
+            delivery.attempts,
+            state,
+            attempt.status,
+            attempt.error,
+            attempt.latency_ms,
+            retry_in,
+            disable_after,
+        )
+        return state if found is not None else None
 
     async def due(self, limit: int, overdue_seconds: float) -> list[tuple[str, int]]:
         """Pending deliveries whose attempt is overdue by `overdue_seconds`: (id, attempts
