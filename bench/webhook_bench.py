@@ -31,7 +31,7 @@ import asyncpg
 import orjson
 from redis.asyncio import Redis
 
-from bench.flush_bench import _database, append, stores, worker
+from bench.flush_bench import _database, _profiled, append, stores, worker
 from calltags import db
 from calltags.keys import KeySpace
 from calltags.webhooks import WebhookCreate
@@ -62,7 +62,12 @@ def _occurred_ms(body: bytes) -> float:
 
 
 async def measure(
-    redis_url: str, server_url: str, deliveries: int, rate: int, seconds: float
+    redis_url: str,
+    server_url: str,
+    deliveries: int,
+    rate: int,
+    seconds: float,
+    profile: Path | None = None,
 ) -> dict[str, float]:
     name = f"calltags_bench_{secrets.token_hex(4)}"
     prefix = f"ctbench:{secrets.token_hex(4)}:"
@@ -90,19 +95,17 @@ async def measure(
         entries = _entries_for(deliveries)
         print(f"pre-filling {entries} entries ({deliveries} events) ...", flush=True)
         await append(redis, keys, 0, entries)
-        with worker(env):
+        with worker(env) as proc:
             # 1. throughput: the receiver's first delivery to its last.
             await _wait(receiver, 1, 60)
             first = receiver.requests[0].at
             await _wait(receiver, deliveries, 300)
             took = receiver.requests[-1].at - first
             per_second = (deliveries - 1) / took if took > 0 else float("inf")
-            retried = await pool.fetchval(
-                "SELECT coalesce(sum(attempts - 1), 0) FROM webhook_deliveries"
-            )
+            sent = len({r.headers["x-calltags-delivery"] for r in receiver.requests})
             print(
                 f"throughput: {deliveries} deliveries in {took:.2f} s = {per_second:.0f}/s"
-                f" ({retried} attempts retried)"
+                f" ({receiver.count} requests for {sent} deliveries)"
             )
 
             # 2. latency at `rate` events a second.
@@ -112,11 +115,12 @@ async def measure(
             per_tick = round(_entries_for(rate) * tick)
             ticks = round(seconds / tick)
             started = time.monotonic()
-            for n in range(ticks):
-                await append(redis, keys, entries + n * per_tick, per_tick)
-                await asyncio.sleep(max(0.0, started + (n + 1) * tick - time.monotonic()))
             expected = sum(1 for n in range(entries, entries + ticks * per_tick) if n % 5 != 4)
-            await _wait(receiver, expected, 120)
+            with _profiled(proc.pid, profile):
+                for n in range(ticks):
+                    await append(redis, keys, entries + n * per_tick, per_tick)
+                    await asyncio.sleep(max(0.0, started + (n + 1) * tick - time.monotonic()))
+                await _wait(receiver, expected, 120)
             latencies = sorted(r.wall * 1000 - _occurred_ms(r.body) for r in receiver.requests)
             quantiles = statistics.quantiles(latencies, n=100)
             p50, p95 = quantiles[49], quantiles[94]
@@ -148,10 +152,13 @@ def main() -> None:
     parser.add_argument("--deliveries", type=int, default=5000)
     parser.add_argument("--rate", type=int, default=500, help="events a second")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy the worker at steady load into this file"
+    )
     args = parser.parse_args()
     with stores() as (redis_url, server_url):
         found = asyncio.run(
-            measure(redis_url, server_url, args.deliveries, args.rate, args.seconds)
+            measure(redis_url, server_url, args.deliveries, args.rate, args.seconds, args.profile)
         )
     print(orjson.dumps(found).decode())
 
