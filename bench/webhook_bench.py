@@ -5,6 +5,9 @@ local receiver (tests/receiver.py, in this process, answering 200 at once).
    `tags.stored`, one webhook listening), starts one worker, and times the deliveries
    from the first one the receiver gets to the last: deliveries/s (the worker flushes
    the log and makes the deliveries in the same window, as it does in production).
+0. The HTTP client, side by side: REQUESTS requests to the receiver, CLIENT_CONCURRENCY at
+   a time, through aiohttp (what calltags sends with) and through httpx, alternately,
+   ROUNDS times: requests/s of each and the median ratio.
 2. Latency at steady load: appends such entries at --rate a second for --seconds while
    that worker runs; for each delivery, the time from the postback's arrival (the log
    entry's received_at) to the receiver reading the request: p50, p95, max.
@@ -24,10 +27,13 @@ import secrets
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 
+import aiohttp
 import asyncpg
+import httpx
 import orjson
 from redis.asyncio import Redis
 
@@ -40,6 +46,9 @@ from calltags.webhookstore import WebhookStore
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from receiver import Receiver
 
+REQUESTS = 1000
+CLIENT_CONCURRENCY = 10
+ROUNDS = 3
 ACCEPTED_SHARE = 0.8  # of bench.flush_bench's entries: the others are refused (no event)
 SHARDS = 8
 
@@ -59,6 +68,45 @@ async def _wait(receiver: Receiver, count: int, timeout: float) -> None:
 def _occurred_ms(body: bytes) -> float:
     text: str = orjson.loads(body)["occurred_at"]
     return datetime.fromisoformat(text).timestamp() * 1000
+
+
+async def _rate(send: Callable[[], Awaitable[object]]) -> float:
+    limit = asyncio.Semaphore(CLIENT_CONCURRENCY)
+
+    async def one() -> None:
+        async with limit:
+            await send()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(REQUESTS)))
+    return REQUESTS / (time.perf_counter() - started)
+
+
+async def compare_clients(receiver: Receiver) -> dict[str, float]:
+    """aiohttp's and httpx's requests/s to the receiver, alternately; the median ratio."""
+    url = receiver.url + "/client"
+    async with aiohttp.ClientSession() as session, httpx.AsyncClient() as client:
+
+        async def by_aiohttp() -> None:
+            async with session.post(url, data=b"{}") as response:
+                await response.read()
+
+        async def by_httpx() -> None:
+            await client.post(url, content=b"{}")
+
+        rates: dict[str, list[float]] = {"aiohttp": [], "httpx": []}
+        for _ in range(ROUNDS):
+            rates["aiohttp"].append(await _rate(by_aiohttp))
+            rates["httpx"].append(await _rate(by_httpx))
+    ratio = statistics.median(a / h for a, h in zip(rates["aiohttp"], rates["httpx"], strict=True))
+    found = {name: round(statistics.median(values)) for name, values in rates.items()}
+    print(
+        f"clients, {CLIENT_CONCURRENCY} at a time: aiohttp {found['aiohttp']}/s,"
+        f" httpx {found['httpx']}/s, aiohttp/httpx {ratio:.1f}x"
+    )
+    receiver.requests.clear()
+    receiver.count = 0
+    return {"aiohttp_rps": found["aiohttp"], "httpx_rps": found["httpx"], "ratio": round(ratio, 1)}
 
 
 async def measure(
@@ -88,6 +136,7 @@ async def measure(
     }
     pool = None
     try:
+        clients = await compare_clients(receiver)
         await db.migrate(database_url)
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
         new = WebhookCreate(name="bench", url=receiver.url + "/hook", events=["tags.stored"])
@@ -130,6 +179,7 @@ async def measure(
                 f" p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {latencies[-1]:.0f} ms"
             )
         return {
+            **clients,
             "deliveries_per_second": round(per_second),
             "rate": round(sent_rate),
             "p50_ms": round(p50),

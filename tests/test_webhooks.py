@@ -716,3 +716,19 @@ async def test_the_console_adds_lists_and_tests_webhooks_and_shows_deliveries(
         assert missing.status_code == 404
     finally:
         client.cookies.clear()
+
+
+async def test_deliveries_done_are_deleted_after_the_retention(
+    hooks: Hooks, key: dict[str, Any]
+) -> None:
+    await hooks.webhook(events=["tags.stored"])
+    for _ in range(2):
+        await postback(hooks.client, key, fresh_caller(), zip="1")
+    done, pending = await hooks.flush()
+    await hooks.courier.attempt([done])
+    await hooks.courier.store.pool.execute(
+        "UPDATE webhook_deliveries SET updated_at = now() - interval '3 days'"
+    )
+    assert await hooks.courier.store.prune(2) == 1
+    left = await hooks.courier.store.pool.fetch("SELECT id::text AS id FROM webhook_deliveries")
+    assert [row["id"] for row in left] == [pending]

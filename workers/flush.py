@@ -180,9 +180,13 @@ async def deliver(ctx: dict[str, Any], delivery_ids: list[str]) -> list[str]:
 
 
 async def maintain(ctx: dict[str, Any]) -> dict[str, int]:
-    """Day partitions of the postback log: create ahead, drop past retention."""
+    """Day partitions of the postback log: create ahead, drop past retention; webhook
+    deliveries done and older than the log's retention deleted."""
     sink: Sink = ctx["sink"]
-    done = await sink.maintain(ctx["settings"].log_retention_days)
+    days = ctx["settings"].log_retention_days
+    done = await sink.maintain(days)
+    courier: Courier = ctx["courier"]
+    done["deliveries_deleted"] = await courier.store.prune(days)
     log.info("log maintenance: %s", done)
     return done
 

@@ -288,6 +288,16 @@ class WebhookStore(StoreBoundary):
         )
         return [(row["id"], row["attempts"]) for row in rows]
 
+    async def prune(self, days: int) -> int:
+        """Delete the deliveries done (delivered or failed) more than `days` days ago;
+        how many."""
+        status: str = await self.pool.execute(
+            "DELETE FROM webhook_deliveries WHERE state <> 'pending'"
+            " AND updated_at < now() - make_interval(days => $1)",
+            days,
+        )
+        return int(status.rpartition(" ")[2])
+
     async def stats(self, buckets: tuple[float, ...]) -> tuple[dict[str, int], list[int], float]:
         """Deliveries by state; of the delivered (tests aside), how many took at most each
         bucket's seconds from the event to the delivery, then all of them, and their sum
