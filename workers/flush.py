@@ -50,6 +50,7 @@ SWEEP_SECONDS = 5.0  # between two sweeps for overdue delivery attempts
 SWEEP_OVERDUE = 5.0  # s past its time an attempt is taken as lost
 SWEEP_LIMIT = 1000  # attempts a sweep enqueues at most
 DELIVERY_CHUNK = 50  # new deliveries a job sends
+ENQUEUE_WAIT_SECONDS = 0.02  # new deliveries gathered this long before their jobs go
 STORE_RETRY_SECONDS = 5  # an attempt waits this long while Postgres is unreachable
 JOB_SLACK_SECONDS = 10  # a job's time beyond CALLTAGS_WEBHOOK_TIMEOUT_SECONDS (Postgres)
 
@@ -69,13 +70,14 @@ async def startup(ctx: dict[str, Any]) -> None:
     queue: ArqRedis = ctx["redis"]
     hooks_pool = await create_sink_pool(dsn, max_size=8)
     courier = _courier(settings, WebhookStore(hooks_pool), queue, keys)
+    new_deliveries = _NewDeliveries(queue, keys)
     sink = Sink(
         redis,
         pool,
         keys,
         batch=settings.flush_batch,
         claim_idle_ms=settings.flush_claim_idle_seconds * 1000,
-        outbox=Outbox(pool, lambda ids: _enqueue_new(queue, keys, ids)),
+        outbox=Outbox(pool, new_deliveries.add),
     )
     stop = asyncio.Event()
     ctx.update(
@@ -97,6 +99,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     gc.set_threshold(GC_YOUNG_OBJECTS)
     ctx["flusher"] = asyncio.create_task(sink.run(stop))
     ctx["sweeper"] = asyncio.create_task(_sweep(queue, keys, courier.store, stop))
+    ctx["enqueuer"] = asyncio.create_task(new_deliveries.run())
     log.info("flushing %d streams as consumer %s", len(sink.streams), sink.consumer)
 
 
@@ -109,6 +112,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     except TimeoutError:
         log.warning("stopped with batches in hand; another worker takes them over")
     ctx["sweeper"].cancel()
+    ctx["enqueuer"].cancel()
     sink: Sink = ctx["sink"]
     log.info("flushed %s", sink.counters)
     await ctx["courier"].sender.close()
@@ -146,12 +150,36 @@ async def _enqueue(
     )
 
 
-async def _enqueue_new(queue: ArqRedis, keys: KeySpace, delivery_ids: list[str]) -> None:
-    """The first attempts of deliveries just committed, DELIVERY_CHUNK a job."""
-    chunks = range(0, len(delivery_ids), DELIVERY_CHUNK)
-    await asyncio.gather(
-        *(_enqueue(queue, keys, delivery_ids[at : at + DELIVERY_CHUNK], 0) for at in chunks)
-    )
+class _NewDeliveries:
+    """The first attempts of deliveries just committed, gathered from every stream's
+    batches for ENQUEUE_WAIT_SECONDS, then enqueued DELIVERY_CHUNK a job: at a steady
+    trickle each batch holds a few, and a job's own cost is shared by more. What is
+    gathered when the worker dies the sweep finds."""
+
+    def __init__(self, queue: ArqRedis, keys: KeySpace):
+        self.queue = queue
+        self.keys = keys
+        self.waiting: list[str] = []
+        self.arrived = asyncio.Event()
+
+    async def add(self, delivery_ids: list[str]) -> None:
+        self.waiting += delivery_ids
+        self.arrived.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.arrived.wait()
+            await asyncio.sleep(ENQUEUE_WAIT_SECONDS)
+            self.arrived.clear()
+            found, self.waiting = self.waiting, []
+            chunks = range(0, len(found), DELIVERY_CHUNK)
+            try:
+                await asyncio.gather(
+                    *(_enqueue(self.queue, self.keys, found[at : at + DELIVERY_CHUNK], 0)
+                      for at in chunks)
+                )  # fmt: skip
+            except Exception as exc:  # Redis down: the sweep enqueues them later
+                log.warning("%d deliveries wait for the sweep: %s", len(found), exc)
 
 
 async def _sweep(queue: ArqRedis, keys: KeySpace, store: WebhookStore, stop: asyncio.Event) -> None:
