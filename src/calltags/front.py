@@ -34,6 +34,7 @@ from calltags import (
     openapi,
     postbacks,
     routing,
+    schemaapi,
 )
 from calltags.asgi import send_json
 from calltags.config import Settings
@@ -59,6 +60,7 @@ OPERATIONS: tuple[Operation, ...] = tuple(
         routing.ROUTES,
         health.FRONT,
         admin.ROUTES,
+        schemaapi.ROUTES,
         listings.ROUTES,
         console.ROUTES,
         logpage.ROUTES,

@@ -20,6 +20,7 @@ from calltags.log import PostbackLog
 from calltags.publishers import Publishers
 from calltags.records import Records
 from calltags.store import RedisClient, Store, open_store
+from calltags.tagschemas import TagSchemas
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Services(Core):
     records: Records
     resolver: KeyResolver
     guard: GuessGuard
+    tag_schemas: TagSchemas
 
     async def close(self) -> None:
         await self.pool.close()
@@ -90,6 +92,9 @@ async def open_services(settings: Settings) -> Services:
             core.redis, core.keys, settings.key_cache_seconds, fallback=publishers
         ),
         guard=GuessGuard(settings.key_failures_per_minute),
+        tag_schemas=TagSchemas(
+            pool, core.redis, core.keys, settings.key_cache_seconds, settings.default_region
+        ),
     )
 
 
