@@ -20,7 +20,8 @@ run: $(STAMP)
 # that the fixtures start and stop (tests/cluster.py).
 CLUSTER_TESTS := $(addprefix tests/test_,postbacks.py calls.py concurrency.py \
 	key_security.py admin.py log.py log_listings.py worker.py scaleout_store.py scaleout.py \
-	front.py store.py procfile.py log_attribution.py write_ack.py)
+	front.py store.py procfile.py log_attribution.py write_ack.py tag_schemas.py \
+	callers.py)
 
 test: $(STAMP)  # on a single Redis node, then on Redis Cluster
 	$(BIN)/pytest tests

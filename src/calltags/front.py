@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from calltags import (
     admin,
     adminapp,
+    callerapi,
     callpage,
     console,
     health,
@@ -61,6 +62,7 @@ OPERATIONS: tuple[Operation, ...] = tuple(
         health.FRONT,
         admin.ROUTES,
         schemaapi.ROUTES,
+        callerapi.ROUTES,
         listings.ROUTES,
         console.ROUTES,
         logpage.ROUTES,

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from calltags.clients import redis_client
 from calltags.config import Settings, require
 from calltags.db import create_pool
+from calltags.erasure import Erasures
 from calltags.guard import GuessGuard
 from calltags.keycache import KeyResolver
 from calltags.keys import KeySpace
@@ -58,6 +59,7 @@ class Services(Core):
     resolver: KeyResolver
     guard: GuessGuard
     tag_schemas: TagSchemas
+    erasures: Erasures
 
     async def close(self) -> None:
         await self.pool.close()
@@ -95,6 +97,7 @@ async def open_services(settings: Settings) -> Services:
         tag_schemas=TagSchemas(
             pool, core.redis, core.keys, settings.key_cache_seconds, settings.default_region
         ),
+        erasures=Erasures(pool, str(settings.erasure_salt) if settings.erasure_salt else None),
     )
 
 
