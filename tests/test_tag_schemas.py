@@ -210,6 +210,7 @@ async def test_refusals_and_normalized_tags_are_logged(
         ({"a": {"type": "enum"}}, "accept", "needs its values"),
         ({"a": {"type": "enum", "values": []}}, "accept", "length"),
         ({"a": {"type": "enum", "values": ["x", "X"]}}, "accept", "differ"),
+        ({"a": {"type": "enum", "values": ["x\x00"]}}, "accept", "NUL"),
         ({"a": {"type": "integer", "max_length": 3}}, "accept", "max_length applies"),
         ({"a": {"type": "string", "values": ["x"]}}, "accept", "values applies"),
         ({"a": {"type": "date", "min": 1}}, "accept", "min applies"),
@@ -225,6 +226,12 @@ async def test_a_bad_schema_is_422(
 ) -> None:
     response = await put_schema(client, "bad", tags, unknown)
     assert says in assert_error(response, 422, "invalid_request")
+
+
+async def test_bounds_beyond_a_double_are_422(client: httpx.AsyncClient) -> None:
+    body = b'{"tags": {"a": {"type": "number", "max": 1e400}}}'
+    response = await client.put("/admin/tag_schemas/bad", content=body, headers=ADMIN)
+    assert "out of range" in assert_error(response, 422, "invalid_request")
 
 
 async def test_put_get_list_delete(client: httpx.AsyncClient) -> None:

@@ -27,6 +27,7 @@ from calltags import (
     admin,
     adminapp,
     callerapi,
+    callerpage,
     callpage,
     console,
     health,
@@ -67,6 +68,7 @@ OPERATIONS: tuple[Operation, ...] = tuple(
         console.ROUTES,
         logpage.ROUTES,
         callpage.ROUTES,
+        callerpage.ROUTES,
         health.ROUTES,
         adminapp.ROUTES,
     )

@@ -314,6 +314,8 @@ class TagRule(Body):
         if self.type == "enum":
             if self.values is None:
                 raise ValueError("an enum needs its values")
+            if any("\x00" in value for value in self.values):
+                raise ValueError("values must not contain NUL")
             folded = [value.casefold() for value in self.values]
             if len(set(folded)) < len(folded):
                 raise ValueError("an enum's values must differ other than by case")
@@ -394,6 +396,23 @@ class CallerQuery(Body):
     )
 
 
+class CallerLookup(Body):
+    """The console's caller search."""
+
+    number: AnyNumber = ""
+
+
+class EraseConfirm(Body):
+    """The console's erase form: the box that says it is meant."""
+
+    confirm: Annotated[bool, Meta(description="true: erase this caller's data")] = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.confirm:
+            raise ValueError("tick the box to confirm the erase: it cannot be undone")
+
+
 class Retracted(Struct, kw_only=True):
     caller_number: E164
     retracted: Annotated[int, Meta(description="pending tags removed")]
@@ -412,6 +431,12 @@ class Erasure(Struct, kw_only=True):
     ]
     postbacks: Annotated[int, Meta(description="postback log rows redacted in Postgres")]
     call_records: Annotated[int, Meta(description="call records redacted in Postgres")]
+
+
+class KeySchemaChoice(Body):
+    """The console's form choosing a key's tag schema: none when left blank."""
+
+    tag_schema: SchemaName | None = None
 
 
 # -- routing ----------------------------------------------------------------------------
