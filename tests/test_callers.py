@@ -210,3 +210,45 @@ async def test_late_log_entries_are_redacted(
         ("after", number, {"t": "new-value"}),
         ("late", None, {"t": ""}),
     ]
+
+
+async def test_a_batch_in_a_workers_hands_during_the_erase_lands_redacted(
+    client: httpx.AsyncClient, keys: Keys, sink: Sink, settings: Settings
+) -> None:
+    """A worker has read the caller's entries and not committed them when the erase
+    comes: its commit waits for the erase's lock, or sees the erase's record; the copies
+    the erase left in the stream then add no second row."""
+    await sink.drain()
+    number = fresh_caller()
+    key = await keys.key()
+    await post(client, key, number, held="held-value")
+    held = [
+        (stream, batch)
+        for stream in keyspace(settings).log_shards_all()
+        if (batch := await sink.reader.read(stream, None))
+    ]
+    assert sum(len(batch) for _, batch in held) == 1
+    erased = await client.post(caller_path(number, "/erase"), headers=ADMIN)
+    assert erased.json()["log_entries"] == 1 and erased.json()["postbacks"] == 0
+    for stream, batch in held:  # the worker goes on: commit, acknowledge
+        await sink.writer.commit(*sink._rows(stream, batch), fresh=True)
+        await sink.reader.acknowledge(stream, [entry_id for entry_id, _ in batch])
+    await sink.drain()  # the erase's redacted copy: the same row
+    rows = await fetch(
+        settings.database_url or "",
+        "SELECT caller_number, caller_raw, tags FROM postbacks WHERE key_id = $1",
+        key["id"],
+    )
+    assert [(r["caller_number"], r["caller_raw"], orjson.loads(r["tags"])) for r in rows] == [
+        (None, None, {"held": ""})
+    ]
+
+
+async def test_openapi_documents_the_caller_routes(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    paths = document["paths"]
+    assert set(paths["/admin/callers/{number}"]) == {"get"}
+    assert set(paths["/admin/callers/{number}/pending"]) == {"delete"}
+    assert set(paths["/admin/callers/{number}/erase"]) == {"post"}
+    components = document["components"]["schemas"]
+    assert {"CallerData", "PendingTag", "Retracted", "Erasure"} <= set(components)
