@@ -206,6 +206,8 @@ async def test_refusals_and_normalized_tags_are_logged(
     ("tags", "unknown", "says"),
     [
         ({"a": {"type": "string", "pattern": "(["}}, "accept", "pattern"),
+        ({"a": {"type": "string", "pattern": "a{4294967296}"}}, "accept", "pattern"),
+        ({"a": {"type": "string", "pattern": "(" * 499 + ")" * 499}}, "accept", "pattern"),
         ({"a": {"type": "integer", "min": 5, "max": 1}}, "accept", "min 5 is above max 1"),
         ({"a": {"type": "enum"}}, "accept", "needs its values"),
         ({"a": {"type": "enum", "values": []}}, "accept", "length"),

@@ -320,9 +320,9 @@ class TagRule(Body):
             if len(set(folded)) < len(folded):
                 raise ValueError("an enum's values must differ other than by case")
         if self.pattern is not None:
-            try:
+            try:  # OverflowError: a repeat count too large; RecursionError: groups too deep
                 re.compile(self.pattern)
-            except re.error as exc:
+            except (re.error, OverflowError, RecursionError) as exc:
                 raise ValueError(f"pattern is not a regular expression: {exc}") from exc
 
 

@@ -146,7 +146,7 @@ def _email(value: str, rule: TagRule, region: str) -> str:
         raise Unfit("must be an email address")
     try:
         idna.encode(domain, uts46=True)
-    except idna.IDNAError as exc:
+    except UnicodeError as exc:  # idna.IDNAError and its kin
         raise Unfit("must be an email address (its domain is not valid)") from exc
     return f"{local}@{domain.lower()}"
 
