@@ -3,14 +3,15 @@ them, and a batch's rows written in one go.
 
 Each batch is one transaction, which first takes the erasure lock shared and redacts
 the rows of callers erased since the rows' time (erasure.Redactor). A batch of new
-entries is COPYed straight into `postbacks`; if some of its rows are there already (the batch was delivered before, say
-by a worker that died between commit and acknowledgement), the COPY fails on the
-primary key, the transaction is rolled back, and the batch goes the careful way instead: COPY into a temp table, then
-INSERT ... ON CONFLICT DO NOTHING on the entry id. Entries taken over from a dead
-worker go the careful way from the start. Call records go through a temp table and
-are replaced only by a higher version. Amended rows (a request answered 503 after its
-write, see store.ANSWER_FIELD) replace the answer of the row of the same request, or
-come first: the first row then finds its place taken.
+entries is COPYed straight into `postbacks`; if some of its rows are there already
+(the batch was delivered before, say by a worker that died between commit and
+acknowledgement), the COPY fails on the primary key, the transaction is rolled back,
+and the batch goes the careful way instead: COPY into a temp table, then INSERT ... ON
+CONFLICT DO NOTHING on the entry id. Entries taken over from a dead worker go the
+careful way from the start. Call records go through a temp table and are replaced only
+by a higher version. Amended rows (a request answered 503 after its write, see
+store.ANSWER_FIELD) replace the answer of the row of the same request, or come first:
+the first row then finds its place taken.
 """
 
 from __future__ import annotations
