@@ -4,16 +4,17 @@ stores, single node and cluster."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import orjson
 from apitools import assert_error, connect, end
-from conftest import ADMIN, ROUTING, Keys, fresh_caller, written_locally
+from conftest import ADMIN, ROUTING, Keys, fresh_caller, running_app, written_locally
 from logtools import entry, fetch, fill, keyspace
 
-from calltags.config import Settings
+from calltags.config import Secret, Settings
 from calltags.erasure import number_hash
 from calltags.sink import Sink
 from calltags.store import RedisClient
@@ -252,3 +253,11 @@ async def test_openapi_documents_the_caller_routes(client: httpx.AsyncClient) ->
     assert set(paths["/admin/callers/{number}/erase"]) == {"post"}
     components = document["components"]["schemas"]
     assert {"CallerData", "PendingTag", "Retracted", "Erasure"} <= set(components)
+
+
+async def test_the_erasure_salt_setting_keys_the_hash(settings: Settings) -> None:
+    salted = replace(settings, erasure_salt=Secret("pepper"))
+    number = fresh_caller()
+    async with running_app(salted) as app:
+        erased = await app.post(caller_path(number, "/erase"), headers=ADMIN)
+    assert erased.json()["number_hash"] == number_hash(b"pepper", number)
