@@ -148,3 +148,17 @@ async def test_the_caller_page_shows_retracts_and_erases(
         "/console/log", params={"caller_number": number}, headers=browser.headers
     )
     assert texts(log.text, "empty") == ["No postbacks match."]
+
+
+async def test_the_tag_schemas_page_lists_each_rule(
+    client: httpx.AsyncClient, browser: Signed
+) -> None:
+    rules = {**RULES, "tier": {"type": "enum", "values": ["Gold", "Silver"], "required": True}}
+    name = await schema(client, rules)
+    page = await client.get("/console/tag_schemas", headers=browser.headers)
+    assert page.status_code == 200
+    inside = ("data-name", name)
+    assert texts(page.text, "rule-type", inside) == ["integer", "email", "enum"]
+    assert "one of Gold, Silver" in texts(page.text, "rule-limits", inside)
+    assert texts(page.text, "rule-pii", inside)[1] == "masked"  # email's
+    assert texts(page.text, "unknown", inside) == ["kept as posted"]

@@ -37,6 +37,7 @@ from calltags import (
     postbacks,
     routing,
     schemaapi,
+    schemapage,
 )
 from calltags.asgi import send_json
 from calltags.config import Settings
@@ -69,6 +70,7 @@ OPERATIONS: tuple[Operation, ...] = tuple(
         logpage.ROUTES,
         callpage.ROUTES,
         callerpage.ROUTES,
+        schemapage.ROUTES,
         health.ROUTES,
         adminapp.ROUTES,
     )
