@@ -165,8 +165,23 @@ async def test_openapi_lists_each_operations_errors_from_the_table(
                 assert all(ERRORS[code].status == int(status_code) for code in enum), path
 
 
+# Admin routes that need no Postgres (Redis alone, or the caller search form, no store):
+# they go on through a Postgres outage.
+_REDIS_ONLY = {
+    ("GET", "/admin/callers/{number}"),
+    ("DELETE", "/admin/callers/{number}/pending"),
+    ("GET", "/console/callers"),
+}
+
+
 def _concrete(path: str, key: dict[str, Any]) -> str:
-    return path.format(key_id=key["id"], publisher_id=key["publisher_id"], call_uuid="c-1")
+    return path.format(
+        key_id=key["id"],
+        publisher_id=key["publisher_id"],
+        call_uuid="c-1",
+        name="x",
+        number="+12125550100",
+    )
 
 
 async def test_a_postgres_outage_is_503_with_retry_after_on_every_admin_route(
@@ -185,7 +200,10 @@ async def test_a_postgres_outage_is_503_with_retry_after_on_every_admin_route(
             touching = [  # all but the console's sign-out, which touches no store
                 op
                 for op in OPERATIONS
-                if op.api is Api.ADMIN and op.auth in (Auth.ADMIN, Auth.SESSION) and not op.redirect
+                if op.api is Api.ADMIN
+                and op.auth in (Auth.ADMIN, Auth.SESSION)
+                and not op.redirect
+                and (op.method, op.path) not in _REDIS_ONLY
             ]
             assert len(touching) >= 10
             for op in touching:

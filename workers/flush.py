@@ -49,6 +49,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         KeySpace(settings.redis_prefix, settings.log_shards),
         batch=settings.flush_batch,
         claim_idle_ms=settings.flush_claim_idle_seconds * 1000,
+        erasure_salt=str(settings.erasure_salt) if settings.erasure_salt else None,
     )
     stop = asyncio.Event()
     ctx.update(settings=settings, sink=sink, stop=stop, redis_client=redis, pool=pool)

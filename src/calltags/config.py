@@ -161,6 +161,7 @@ class Settings:
     write_ack: str = "primary"  # "primary": answered once the primary has it; "replica"
     write_replicas: int = 1  # with "replica": replicas that must hold a write
     write_ack_timeout_ms: int = 100  # with "replica": the longest a request waits for them
+    erasure_salt: Secret | None = None  # keys the hash an erase records; None: Postgres's
 
     @property
     def uses_cluster(self) -> bool:
@@ -286,6 +287,9 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         # takes 0 as "forever", so the timeout starts at 1.
         write_replicas=_int(config, "CALLTAGS_WRITE_REPLICAS", 1, 1, 100),
         write_ack_timeout_ms=_int(config, "CALLTAGS_WRITE_ACK_TIMEOUT_MS", 100, 1, 60_000),
+        # The salt of the number hash each caller erase records (erasure.py); unset: the
+        # salt migration 008 made in Postgres. The web processes and workers share it.
+        erasure_salt=_secret(config, "CALLTAGS_ERASURE_SALT"),
     )
 
 

@@ -26,6 +26,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from calltags import (
     admin,
     adminapp,
+    callerapi,
+    callerpage,
     callpage,
     console,
     health,
@@ -34,6 +36,8 @@ from calltags import (
     openapi,
     postbacks,
     routing,
+    schemaapi,
+    schemapage,
 )
 from calltags.asgi import send_json
 from calltags.config import Settings
@@ -59,10 +63,14 @@ OPERATIONS: tuple[Operation, ...] = tuple(
         routing.ROUTES,
         health.FRONT,
         admin.ROUTES,
+        schemaapi.ROUTES,
+        callerapi.ROUTES,
         listings.ROUTES,
         console.ROUTES,
         logpage.ROUTES,
         callpage.ROUTES,
+        callerpage.ROUTES,
+        schemapage.ROUTES,
         health.ROUTES,
         adminapp.ROUTES,
     )

@@ -23,6 +23,7 @@ import asyncpg
 from redis.backoff import EqualJitterBackoff
 
 from calltags.db import POSTGRES_ERRORS
+from calltags.erasure import Redactor
 from calltags.keys import KeySpace
 from calltags.partitions import Partitions, utc_today
 from calltags.rows import Row, log_rows, snapshot_rows
@@ -67,6 +68,7 @@ class Sink:
         claim_idle_ms: int = 60_000,
         max_backoff: float = 5.0,
         consumer: str | None = None,
+        erasure_salt: str | None = None,
     ):
         self.redis = redis
         self.pool = pool
@@ -81,7 +83,7 @@ class Sink:
             redis, self.streams, self.consumer, batch=batch, claim_idle_ms=claim_idle_ms
         )
         self.partitions = Partitions()
-        self.writer = RowWriter(pool, self.partitions)
+        self.writer = RowWriter(pool, self.partitions, Redactor(erasure_salt))
         self._postback_streams = frozenset(keys.log_shards_all())
 
     # -- the worker loop ---------------------------------------------------------------
