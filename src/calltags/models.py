@@ -17,6 +17,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from calltags import store
 from calltags.errors import LOGGED_CODES, ApiError
+from calltags.patterns import compile_pattern
 from calltags.phone import MAX_RAW_LENGTH
 from calltags.store import STATUS_COMPLETED, STATUS_LIVE, STATUS_STORED
 from calltags.times import iso, iso_ms
@@ -286,7 +287,7 @@ class TagRule(Body):
                 min_length=1,
                 max_length=MAX_PATTERN,
                 description="string: a regular expression"
-                " the whole value must match (Python syntax)",
+                " the whole value must match (RE2 syntax: no backreferences or lookaround)",
             ),
         ]
         | None
@@ -320,10 +321,7 @@ class TagRule(Body):
             if len(set(folded)) < len(folded):
                 raise ValueError("an enum's values must differ other than by case")
         if self.pattern is not None:
-            try:  # OverflowError: a repeat count too large; RecursionError: groups too deep
-                re.compile(self.pattern)
-            except (re.error, OverflowError, RecursionError) as exc:
-                raise ValueError(f"pattern is not a regular expression: {exc}") from exc
+            compile_pattern(self.pattern)
 
 
 class TagSchema(Body):

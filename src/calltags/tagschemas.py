@@ -27,6 +27,7 @@ from calltags.errors import ApiError, StoreBoundary
 from calltags.keycache import KeyInfo
 from calltags.keys import KeySpace
 from calltags.models import NamedTagSchema, TagRule, TagSchema
+from calltags.patterns import compile_pattern
 from calltags.store import REDIS_ERRORS, RedisClient
 from calltags.times import iso_ms, to_ms
 
@@ -94,21 +95,9 @@ def _bounds(number: float, rule: TagRule) -> None:
 def _string(value: str, rule: TagRule, region: str) -> str:
     if rule.max_length is not None and len(value) > rule.max_length:
         raise Unfit(f"must be at most {rule.max_length} characters")
-    if rule.pattern is not None and not _compiled(rule.pattern).fullmatch(value):
+    if rule.pattern is not None and not compile_pattern(rule.pattern).fullmatch(value):
         raise Unfit(f"must match the pattern {rule.pattern!r}")
     return value
-
-
-_patterns: dict[str, re.Pattern[str]] = {}
-
-
-def _compiled(pattern: str) -> re.Pattern[str]:
-    found = _patterns.get(pattern)
-    if found is None:
-        if len(_patterns) > 10_000:
-            _patterns.clear()
-        found = _patterns[pattern] = re.compile(pattern)
-    return found
 
 
 def _boolean(value: str, rule: TagRule, region: str) -> str:
