@@ -131,3 +131,11 @@ def test_write_ack(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CALLTAGS_WRITE_REPLICAS", "2")
     monkeypatch.setenv("CALLTAGS_WRITE_ACK_TIMEOUT_MS", "250")
     assert load_settings(env_file=None).replica_ack == ReplicaAck(replicas=2, timeout_ms=250)
+
+
+def test_erasure_salt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CALLTAGS_ERASURE_SALT", raising=False)
+    assert load_settings(env_file=None).erasure_salt is None  # Postgres's own salt then
+    monkeypatch.setenv("CALLTAGS_ERASURE_SALT", "pepper")
+    salt = load_settings(env_file=None).erasure_salt
+    assert str(salt) == "pepper" and "pepper" not in repr(salt)

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import asyncpg
 import httpx
@@ -732,3 +732,18 @@ async def test_deliveries_done_are_deleted_after_the_retention(
     assert await hooks.courier.store.prune(2) == 1
     left = await hooks.courier.store.pool.fetch("SELECT id::text AS id FROM webhook_deliveries")
     assert [row["id"] for row in left] == [pending]
+
+
+async def test_erasing_a_caller_deletes_its_deliveries(hooks: Hooks, key: dict[str, Any]) -> None:
+    await hooks.webhook(events=["tags.stored"])
+    hooks.receiver.answers = [500]
+    erased, kept = fresh_caller(), fresh_caller()
+    await postback(hooks.client, key, erased, zip="1")
+    await postback(hooks.client, key, kept, zip="2")
+    await hooks.deliver()
+    response = await hooks.client.post(
+        f"/admin/callers/{quote(erased, safe='')}/erase", headers=ADMIN
+    )
+    assert response.status_code == 200, response.text
+    left = await hooks.courier.store.pool.fetch("SELECT caller_number FROM webhook_deliveries")
+    assert [row["caller_number"] for row in left] == [kept]

@@ -78,6 +78,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         batch=settings.flush_batch,
         claim_idle_ms=settings.flush_claim_idle_seconds * 1000,
         outbox=Outbox(pool, new_deliveries.add),
+        erasure_salt=str(settings.erasure_salt) if settings.erasure_salt else None,
     )
     stop = asyncio.Event()
     ctx.update(

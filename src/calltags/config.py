@@ -161,6 +161,7 @@ class Settings:
     write_ack: str = "primary"  # "primary": answered once the primary has it; "replica"
     write_replicas: int = 1  # with "replica": replicas that must hold a write
     write_ack_timeout_ms: int = 100  # with "replica": the longest a request waits for them
+    erasure_salt: Secret | None = None  # keys the hash an erase records; None: Postgres's
     webhook_timeout_seconds: float = 10.0  # a receiver's time to answer a delivery 2xx
     webhook_retry_base_seconds: float = 10.0  # the first wait before a retry, doubling after
     webhook_max_attempts: int = 15  # attempts of a delivery before it is failed
@@ -302,6 +303,9 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         # takes 0 as "forever", so the timeout starts at 1.
         write_replicas=_int(config, "CALLTAGS_WRITE_REPLICAS", 1, 1, 100),
         write_ack_timeout_ms=_int(config, "CALLTAGS_WRITE_ACK_TIMEOUT_MS", 100, 1, 60_000),
+        # The salt of the number hash each caller erase records (erasure.py); unset: the
+        # salt migration 008 made in Postgres. The web processes and workers share it.
+        erasure_salt=_secret(config, "CALLTAGS_ERASURE_SALT"),
         webhook_timeout_seconds=_seconds(config, "CALLTAGS_WEBHOOK_TIMEOUT_SECONDS", 10, 0.1, 60),
         webhook_retry_base_seconds=_seconds(
             config, "CALLTAGS_WEBHOOK_RETRY_BASE_SECONDS", 10, 0.01, 3600

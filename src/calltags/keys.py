@@ -10,6 +10,8 @@ script touches one Redis Cluster slot:
     {prefix}key:{SHA256}         hash   mirror of a postback key for the hot path
     {prefix}rate:{KEY_ID}        hash   token bucket of a postback key's rate limit
     {prefix}fail:{ADDRESS}       string failed key attempts from a client address this minute
+    {prefix}schema:{NAME}        string a tag schema's JSON (models.TagSchema), mirrored from
+                                        Postgres for the hot path
     {prefix}keys:synced          string set once every key is mirrored: unknown keys then
                                         need no Postgres lookup
     {prefix}log:{N}              stream postback log shard N (0 <= N < CALLTAGS_LOG_SHARDS)
@@ -52,6 +54,9 @@ class KeySpace:
 
     def failures(self, address: str) -> str:
         return f"{self.prefix}fail:{{{address}}}"
+
+    def tag_schema(self, name: str) -> str:
+        return f"{self.prefix}schema:{{{name}}}"
 
     def mirror_complete(self) -> str:
         return f"{self.prefix}keys:synced"

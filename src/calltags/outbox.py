@@ -41,15 +41,16 @@ log = logging.getLogger("calltags.webhooks")
 CACHE_SECONDS = 2.0  # how stale the workers' list of enabled webhooks may be, s
 
 OUTBOX_COLUMNS = (
-    "id", "webhook_id", "event", "source", "call_uuid", "method", "url", "body", "occurred_ms",
+    "id", "webhook_id", "event", "source", "call_uuid", "caller_number", "method", "url", "body",
+    "occurred_ms",
 )  # fmt: skip
 INSERT_OUTBOX = (
-    "INSERT INTO webhook_deliveries (id, webhook_id, event, source, call_uuid, method, url,"
-    " body, occurred_at)"
-    " SELECT o.id::uuid, o.webhook_id, o.event, o.source, o.call_uuid, o.method, o.url, o.body,"
-    " to_timestamp(o.occurred_ms / 1000.0)"
+    "INSERT INTO webhook_deliveries (id, webhook_id, event, source, call_uuid, caller_number,"
+    " method, url, body, occurred_at)"
+    " SELECT o.id::uuid, o.webhook_id, o.event, o.source, o.call_uuid, o.caller_number,"
+    " o.method, o.url, o.body, to_timestamp(o.occurred_ms / 1000.0)"
     " FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],"
-    " $7::text[], $8::text[], $9::bigint[])"
+    " $7::text[], $8::text[], $9::text[], $10::bigint[])"
     f" AS o({', '.join(OUTBOX_COLUMNS)})"
     " JOIN webhooks w ON w.id = o.webhook_id AND w.enabled"
     " ON CONFLICT (webhook_id, event, source) DO NOTHING RETURNING id::text"
@@ -124,6 +125,7 @@ def delivery_rows(hooks: list[Hook], events: list[CallEvent]) -> list[Row]:
                     event.name,
                     event.source,
                     event.call.call_uuid if event.call is not None else None,
+                    event.caller_number,
                     hook.method,
                     webhooks.event_url(hook.url, event, delivery_id),
                     body.decode(),
@@ -174,4 +176,6 @@ class Outbox:
 
 def columns(rows: list[Row]) -> list[list[object]]:
     """The outbox rows as one list per column, the arguments of INSERT_OUTBOX."""
-    return [list(values) for values in zip(*rows, strict=True)] if rows else [[]] * 9
+    if not rows:
+        return [[] for _ in OUTBOX_COLUMNS]
+    return [list(values) for values in zip(*rows, strict=True)]

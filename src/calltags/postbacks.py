@@ -301,6 +301,8 @@ async def _handle(
         raise ApiError("missing_caller")
     caller = phone.normalize(caller_raw, region) if caller_raw is not None else None
     out.tags = tags = _tags(params)
+    tags, dropped = await svc.tag_schemas.conform(key, tags)  # checked, in canonical text
+    out.tags = tags
     if call_uuid is not None:
         found = await svc.store.caller_of(call_uuid) if CALL_UUID.fullmatch(call_uuid) else None
         if found is None or (caller is not None and caller != found):
@@ -339,6 +341,7 @@ async def _handle(
         status=result.status,  # type: ignore[arg-type]
         call_uuid=result.call_uuid if result.call_uuid is not None else UNSET,
         expires_at=iso_ms(result.expires_at_ms) if result.expires_at_ms is not None else UNSET,
+        dropped_tags=dropped or UNSET,
     )
 
 

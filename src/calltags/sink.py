@@ -25,6 +25,7 @@ import asyncpg
 from redis.backoff import EqualJitterBackoff
 
 from calltags.db import POSTGRES_ERRORS
+from calltags.erasure import Redactor
 from calltags.keys import KeySpace
 from calltags.outbox import Outbox
 from calltags.partitions import Partitions, utc_today
@@ -70,6 +71,7 @@ class Sink:
         claim_idle_ms: int = 60_000,
         max_backoff: float = 5.0,
         consumer: str | None = None,
+        erasure_salt: str | None = None,
         outbox: Outbox | None = None,
     ):
         self.redis = redis
@@ -86,7 +88,7 @@ class Sink:
             redis, self.streams, self.consumer, batch=batch, claim_idle_ms=claim_idle_ms
         )
         self.partitions = Partitions()
-        self.writer = RowWriter(pool, self.partitions)
+        self.writer = RowWriter(pool, self.partitions, Redactor(erasure_salt))
         self._postback_streams = frozenset(keys.log_shards_all())
 
     # -- the worker loop ---------------------------------------------------------------

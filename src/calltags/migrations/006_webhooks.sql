@@ -31,6 +31,9 @@ CREATE TABLE webhook_deliveries (
     event            text NOT NULL,
     source           text NOT NULL,
     call_uuid        text,
+    -- The caller the event is about (E.164), so that erasing a caller can find its
+    -- deliveries, whose bodies hold the number and the tags.
+    caller_number    text,
     method           text NOT NULL,
     -- The URL and body as sent, the same on every attempt (the body empty for GET).
     url              text NOT NULL,
@@ -53,6 +56,7 @@ CREATE TABLE webhook_deliveries (
 
 CREATE INDEX webhook_deliveries_webhook ON webhook_deliveries (webhook_id, created_at, id);
 CREATE INDEX webhook_deliveries_call ON webhook_deliveries (call_uuid, created_at, id);
+CREATE INDEX webhook_deliveries_caller ON webhook_deliveries (caller_number);
 -- The workers' sweep: pending deliveries whose attempt is due.
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
     WHERE state = 'pending';
