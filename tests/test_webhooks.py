@@ -31,8 +31,9 @@ from receiver import Receiver
 from redis.asyncio import Redis
 from test_cli import Cli, leading_json
 
-from calltags.config import Settings
+from calltags.config import Settings, load_settings
 from calltags.delivery import Courier, Sender
+from calltags.errors import ConfigError
 from calltags.outbox import Outbox
 from calltags.sink import Sink
 from calltags.webhooks import USER_AGENT
@@ -747,3 +748,22 @@ async def test_erasing_a_caller_deletes_its_deliveries(hooks: Hooks, key: dict[s
     assert response.status_code == 200, response.text
     left = await hooks.courier.store.pool.fetch("SELECT caller_number FROM webhook_deliveries")
     assert [row["caller_number"] for row in left] == [kept]
+
+
+def test_the_webhook_settings_and_their_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("TIMEOUT_SECONDS", "RETRY_BASE_SECONDS", "MAX_ATTEMPTS", "DISABLE_AFTER"):
+        monkeypatch.delenv(f"CALLTAGS_WEBHOOK_{name}", raising=False)
+    monkeypatch.delenv("CALLTAGS_WEBHOOK_ALLOW_PRIVATE", raising=False)
+    found = load_settings(env_file=None)
+    assert (found.webhook_timeout_seconds, found.webhook_retry_base_seconds) == (10.0, 10.0)
+    assert (found.webhook_max_attempts, found.webhook_disable_after) == (15, 50)
+    assert found.webhook_allow_private is False
+    monkeypatch.setenv("CALLTAGS_WEBHOOK_RETRY_BASE_SECONDS", "0.5")
+    monkeypatch.setenv("CALLTAGS_WEBHOOK_ALLOW_PRIVATE", "1")
+    found = load_settings(env_file=None)
+    assert found.webhook_retry_base_seconds == 0.5 and found.webhook_allow_private
+    for name, value in (("TIMEOUT_SECONDS", "soon"), ("MAX_ATTEMPTS", "0")):
+        monkeypatch.setenv(f"CALLTAGS_WEBHOOK_{name}", value)
+        with pytest.raises(ConfigError, match=f"CALLTAGS_WEBHOOK_{name}"):
+            load_settings(env_file=None)
+        monkeypatch.delenv(f"CALLTAGS_WEBHOOK_{name}")

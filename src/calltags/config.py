@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote
 
 from calltags.autopipe import ReplicaAck
@@ -193,26 +194,30 @@ class Settings:
         return require(self.redis_url, "REDIS_URL")
 
 
-def _int(config: Config, name: str, default: int, low: int, high: int) -> int:
+_N = TypeVar("_N", int, float)
+
+
+def _number(
+    config: Config, name: str, default: _N, bounds: tuple[_N, _N], cast: type[_N], what: str
+) -> _N:
+    """The setting read with `cast` (`what` it must be), within `bounds`."""
     raw = config(name, default=str(default))
     try:
-        value = int(raw)
+        value = cast(raw)
     except ValueError as exc:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
+        raise ConfigError(f"{name} must be {what}, got {raw!r}") from exc
+    low, high = bounds
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
     return value
 
 
+def _int(config: Config, name: str, default: int, low: int, high: int) -> int:
+    return _number(config, name, default, (low, high), int, "a whole number")
+
+
 def _seconds(config: Config, name: str, default: float, low: float, high: float) -> float:
-    raw = config(name, default=str(default))
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from exc
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw}")
-    return value
+    return _number(config, name, float(default), (low, high), float, "a number of seconds")
 
 
 def _rate(raw: str) -> tuple[float, int] | None:
