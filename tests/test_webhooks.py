@@ -762,8 +762,8 @@ def test_the_webhook_settings_and_their_defaults(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("CALLTAGS_WEBHOOK_ALLOW_PRIVATE", "1")
     found = load_settings(env_file=None)
     assert found.webhook_retry_base_seconds == 0.5 and found.webhook_allow_private
-    for name, value in (("TIMEOUT_SECONDS", "soon"), ("MAX_ATTEMPTS", "0")):
-        monkeypatch.setenv(f"CALLTAGS_WEBHOOK_{name}", value)
+    for name, bad in (("TIMEOUT_SECONDS", "soon"), ("MAX_ATTEMPTS", "0")):
+        monkeypatch.setenv(f"CALLTAGS_WEBHOOK_{name}", bad)
         with pytest.raises(ConfigError, match=f"CALLTAGS_WEBHOOK_{name}"):
             load_settings(env_file=None)
         monkeypatch.delenv(f"CALLTAGS_WEBHOOK_{name}")
