@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote
 
 import asyncpg
 import httpx
@@ -27,6 +27,7 @@ from apitools import assert_error, end
 from conftest import ADMIN, ROUTING, Keys, fresh_caller, running_app
 from logtools import entry, fill, keyspace, open_sink, own_prefix
 from pagetools import sign_in, texts, value
+from prometheus_client import CollectorRegistry, generate_latest
 from receiver import Receiver
 from redis.asyncio import Redis
 from test_cli import Cli, leading_json
@@ -36,6 +37,7 @@ from calltags.delivery import Courier, Sender
 from calltags.errors import ConfigError
 from calltags.outbox import Outbox
 from calltags.sink import Sink
+from calltags.webhookapi import DELIVERY_BUCKETS, DeliveryStats
 from calltags.webhooks import USER_AGENT
 from calltags.webhookstore import WebhookStore
 
@@ -606,12 +608,24 @@ async def test_deliveries_are_paged_and_found_by_call(hooks: Hooks, key: dict[st
 
 async def test_metrics_count_deliveries_by_state(hooks: Hooks, key: dict[str, Any]) -> None:
     await hooks.webhook(events=["tags.stored"])
-    await postback(hooks.client, key, fresh_caller(), zip="1")
+    hooks.receiver.answers = [500]
+    for _ in range(2):
+        await postback(hooks.client, key, fresh_caller(), zip="1")
     await hooks.deliver()
-    text = (await hooks.client.get("/metrics", headers=ADMIN)).text
-    assert 'calltags_webhook_deliveries{state="pending"}' in text
-    assert "calltags_webhook_delivery_latency_seconds_bucket" in text
-    assert urlsplit(hooks.receiver.url).hostname == "127.0.0.1"
+    stats = DeliveryStats()
+    stats.counts, stats.within, stats.total_seconds = await hooks.courier.store.stats(
+        DELIVERY_BUCKETS
+    )
+    registry = CollectorRegistry()
+    registry.register(stats)
+    text = generate_latest(registry).decode()
+    assert 'calltags_webhook_deliveries{state="pending"} 1.0' in text
+    assert 'calltags_webhook_deliveries{state="delivered"} 1.0' in text
+    assert 'calltags_webhook_deliveries{state="failed"} 0.0' in text
+    assert 'calltags_webhook_delivery_latency_seconds_bucket{le="+Inf"} 1.0' in text
+    assert "calltags_webhook_delivery_latency_seconds_count 1.0" in text
+    served = (await hooks.client.get("/metrics", headers=ADMIN)).text
+    assert 'calltags_webhook_deliveries{state="pending"}' in served
 
 
 async def test_the_cli_creates_lists_tests_and_disables_a_webhook(
