@@ -781,3 +781,19 @@ def test_the_webhook_settings_and_their_defaults(monkeypatch: pytest.MonkeyPatch
         with pytest.raises(ConfigError, match=f"CALLTAGS_WEBHOOK_{name}"):
             load_settings(env_file=None)
         monkeypatch.delenv(f"CALLTAGS_WEBHOOK_{name}")
+
+
+async def test_an_event_flushed_after_its_callers_erase_makes_no_delivery(
+    hooks: Hooks, key: dict[str, Any]
+) -> None:
+    await hooks.webhook(events=["tags.stored"])
+    erased, kept = fresh_caller(), fresh_caller()
+    await postback(hooks.client, key, erased, zip="1")  # still in Redis during the erase
+    await postback(hooks.client, key, kept, zip="2")
+    response = await hooks.client.post(
+        f"/admin/callers/{quote(erased, safe='')}/erase", headers=ADMIN
+    )
+    assert response.status_code == 200, response.text
+    assert len(await hooks.flush()) == 1
+    left = await hooks.courier.store.pool.fetch("SELECT caller_number FROM webhook_deliveries")
+    assert [row["caller_number"] for row in left] == [kept]

@@ -5,10 +5,11 @@ rows (writer.py), so that a worker killed at any moment neither loses nor invent
 A postback log entry accepted with "call in progress, tags applied" or "completed call
 found, tags applied" makes call.tags_applied, one with "call not found, tags stored"
 makes tags.stored; a call snapshot of the call log makes call.connected (in progress:
-the snapshot a connect records) or call.ended (completed). Refused entries (no status)
-and replays (`"replayed": true`, which wrote nothing) make none. Each delivery is unique
-by webhook, event and source (the entry's id, or the call), so a batch delivered twice
-inserts nothing twice. The enabled webhooks are read from Postgres at most every
+the snapshot a connect records) or call.ended (completed). Refused entries (no status),
+replays (`"replayed": true`, which wrote nothing) and entries an erase redacted in Redis
+make none; nor does an event of a caller erased after it (writer.py). Each delivery is
+unique by webhook, event and source (the entry's id, or the call), so a batch delivered
+twice inserts nothing twice. The enabled webhooks are read from Postgres at most every
 CACHE_SECONDS; the insert itself skips a webhook disabled or deleted meanwhile.
 """
 
@@ -44,6 +45,8 @@ OUTBOX_COLUMNS = (
     "id", "webhook_id", "event", "source", "call_uuid", "caller_number", "method", "url", "body",
     "occurred_ms",
 )  # fmt: skip
+# Where an outbox row holds its caller and its event's time, for the erasure redactor.
+OUTBOX_ERASE_COLUMNS = (OUTBOX_COLUMNS.index("caller_number"), OUTBOX_COLUMNS.index("occurred_ms"))
 INSERT_OUTBOX = (
     "INSERT INTO webhook_deliveries (id, webhook_id, event, source, call_uuid, caller_number,"
     " method, url, body, occurred_at)"
@@ -79,7 +82,8 @@ def postback_events(batch: list[Entry]) -> list[CallEvent]:
             continue
         try:
             doc = orjson.loads(fields.get(ENTRY_FIELD, b""))
-            if not isinstance(doc, dict) or doc.get("replayed"):
+            # A replay wrote nothing; an entry without its caller was redacted by an erase.
+            if not isinstance(doc, dict) or doc.get("replayed") or not doc.get("caller_number"):
                 continue
             status = doc.get("status")
             code = fields.get(OUTCOME_FIELD)
@@ -104,7 +108,7 @@ def snapshot_events(batch: list[Entry]) -> list[CallEvent]:
     events: list[CallEvent] = []
     for _, fields in batch:
         call = _call(fields.get(SNAPSHOT_FIELD) if fields else None)
-        if call is not None:
+        if call is not None and call.caller_number:  # none: redacted by an erase
             events.append(webhooks.connect_or_end(call))
     return events
 

@@ -24,7 +24,7 @@ import asyncpg
 import orjson
 
 from calltags.erasure import Redactor
-from calltags.outbox import INSERT_OUTBOX, columns
+from calltags.outbox import INSERT_OUTBOX, OUTBOX_ERASE_COLUMNS, columns
 from calltags.partitions import Conn, Partitions
 from calltags.rows import CALL_COLUMNS, POSTBACK_COLUMNS, Row
 
@@ -161,9 +161,12 @@ class RowWriter:
                             rows = await self.redactor.redact(conn, erased, postbacks, calls)
                             fixed, _ = await self.redactor.redact(conn, erased, amended, [])
                             await self._insert(conn, *rows, fixed, direct=direct)
-                            if not outbox:
+                            kept = await self.redactor.kept_deliveries(
+                                conn, erased, outbox or [], OUTBOX_ERASE_COLUMNS
+                            )
+                            if not kept:
                                 return []
-                            made = await conn.fetch(INSERT_OUTBOX, *columns(outbox))
+                            made = await conn.fetch(INSERT_OUTBOX, *columns(kept))
                         return [row[0] for row in made]
                     except asyncpg.UniqueViolationError:
                         if not direct:
