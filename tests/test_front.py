@@ -174,6 +174,16 @@ _REDIS_ONLY = {
 }
 
 
+# Bodies the operation takes, where a name alone is not one.
+_BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", "/admin/webhooks"): {
+        "name": "x",
+        "url": "https://x.example/",
+        "events": ["call.ended"],
+    },
+}
+
+
 def _concrete(path: str, key: dict[str, Any]) -> str:
     return path.format(
         key_id=key["id"],
@@ -181,6 +191,7 @@ def _concrete(path: str, key: dict[str, Any]) -> str:
         call_uuid="c-1",
         name="x",
         number="+12125550100",
+        webhook_id=1,
     )
 
 
@@ -210,6 +221,7 @@ async def test_a_postgres_outage_is_503_with_retry_after_on_every_admin_route(
                 body = None
                 if op.body is not None:  # a body the operation takes, so only Postgres fails it
                     body = {"name": "x"} if "name" in op.body.__struct_fields__ else {}
+                    body = _BODIES.get((op.method, op.path), body)
                 response = await client.request(
                     op.method, _concrete(op.path, key), json=body, headers=ADMIN
                 )

@@ -17,6 +17,7 @@ from calltags.models import CALL_STATES, CallFilters, TagSource
 from calltags.operations import Api, Auth, Routes
 from calltags.pages import Page, listing
 from calltags.times import iso
+from calltags.webhookpage import deliveries_of_call
 
 PATH = "/console/calls"
 PAGE_LIMIT = "50"  # calls a page shows unless the URL asks otherwise
@@ -98,5 +99,6 @@ async def _call_page(page: Page, reveal: bool) -> Response:
         # With the caller: the log's index is by caller, and a call's postbacks are its.
         "log_url": f"{logpage.PATH}?{urlencode({**caller, 'call_uuid': call.call_uuid})}",
         "caller_url": f"{logpage.PATH}?{urlencode(caller)}",
+        "deliveries": (await deliveries_of_call(page, call.call_uuid)).items,
     }
     return page.render("call.html", context)

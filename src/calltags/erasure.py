@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import asyncpg
@@ -142,6 +142,8 @@ class Erasures(StoreBoundary):
                 " WHERE caller_number = $1",
                 number,
             )
+            # Its webhook deliveries' bodies and URLs hold the number and the tags.
+            await conn.execute("DELETE FROM webhook_deliveries WHERE caller_number = $1", number)
             row = await conn.fetchrow(
                 "INSERT INTO caller_erasures (number_hash, pending_tags, calls_in_redis,"
                 " log_entries, postbacks, call_records) VALUES ($1, $2, $3, $4, $5, $6)"
@@ -196,6 +198,34 @@ class Redactor:
         times in Unix ms, JSON as Python values)."""
         if not erased:
             return postbacks, calls
+        erased_since = await self._erased_since(conn, erased)
+        kept_postbacks = [
+            _redacted_postback(row) if erased_since(row[_P["caller_number"]], row[0]) else row
+            for row in postbacks
+        ]
+        kept_calls = [
+            _redacted_call(row)
+            if erased_since(row[_C["caller_number"]], row[_C["started_at"]])
+            else row
+            for row in calls
+        ]
+        return kept_postbacks, kept_calls
+
+    async def kept_deliveries(
+        self, conn: Any, erased: list[tuple[str, int]], deliveries: list[Row], at: tuple[int, int]
+    ) -> list[Row]:
+        """The webhook deliveries (outbox.py rows) but those of callers erased after
+        their event: `at` = the rows' (caller number, event time in Unix ms) columns."""
+        if not erased or not deliveries:
+            return deliveries
+        erased_since = await self._erased_since(conn, erased)
+        number, when = at
+        return [row for row in deliveries if not erased_since(row[number], row[when])]
+
+    async def _erased_since(
+        self, conn: Any, erased: list[tuple[str, int]]
+    ) -> Callable[[Any, int], bool]:
+        """Whether a number was erased at or after a time (Unix ms)."""
         salt = await self.salt.get(conn)
         latest: dict[str, int] = {}
         for hashed, at in erased:
@@ -210,17 +240,7 @@ class Redactor:
             until = latest.get(hashes[number])
             return until is not None and at <= until
 
-        kept_postbacks = [
-            _redacted_postback(row) if erased_since(row[_P["caller_number"]], row[0]) else row
-            for row in postbacks
-        ]
-        kept_calls = [
-            _redacted_call(row)
-            if erased_since(row[_C["caller_number"]], row[_C["started_at"]])
-            else row
-            for row in calls
-        ]
-        return kept_postbacks, kept_calls
+        return erased_since
 
 
 def _redacted_postback(row: Row) -> Row:

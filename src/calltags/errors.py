@@ -106,6 +106,7 @@ _TABLE = (
     ErrorCode("call_exists", 409, "that call_uuid belongs to another caller"),
     ErrorCode("publisher_not_found", 404, "no such publisher"),
     ErrorCode("key_not_found", 404, "no such usable key"),
+    ErrorCode("webhook_not_found", 404, "no such webhook"),
     ErrorCode("tag_schema_not_found", 404, "no such tag schema"),
     ErrorCode("tag_schema_in_use", 409, "a usable key uses this tag schema"),
     # Any route.

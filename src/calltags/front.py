@@ -38,6 +38,8 @@ from calltags import (
     routing,
     schemaapi,
     schemapage,
+    webhookapi,
+    webhookpage,
 )
 from calltags.asgi import send_json
 from calltags.config import Settings
@@ -66,9 +68,11 @@ OPERATIONS: tuple[Operation, ...] = tuple(
         schemaapi.ROUTES,
         callerapi.ROUTES,
         listings.ROUTES,
+        webhookapi.ROUTES,
         console.ROUTES,
         logpage.ROUTES,
         callpage.ROUTES,
+        webhookpage.ROUTES,
         callerpage.ROUTES,
         schemapage.ROUTES,
         health.ROUTES,
@@ -112,6 +116,9 @@ class Front:
             document = orjson.dumps(openapi.document(OPERATIONS))
             self.admin = adminapp.AdminApp(OPERATIONS, self.metrics, document)
         self.core: Core | None = None
+        self.delivery_stats = webhookapi.DeliveryStats()
+        if role is Role.WEB:
+            self.metrics.registry.register(self.delivery_stats)
 
     @property
     def operations(self) -> Sequence[Operation]:
@@ -180,6 +187,7 @@ class Front:
             tasks += [
                 asyncio.create_task(_touch_keys(svc)),
                 asyncio.create_task(svc.log.watch(_BACKLOG_INTERVAL)),
+                asyncio.create_task(self.delivery_stats.watch(svc)),
             ]
         else:
             self.core = open_core(self.settings)

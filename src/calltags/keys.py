@@ -18,7 +18,10 @@ script touches one Redis Cluster slot:
     {prefix}calllog:{N}          stream call snapshots shard N, written after connect and end
                                         (postbacks carry theirs in the log entry)
 
-Workers read both stream families through the consumer group SINK_GROUP.
+Workers read both stream families through the consumer group SINK_GROUP. The arq jobs
+sending webhook deliveries are named, one an attempt (arq keeps its own keys for them):
+
+    {prefix}webhook:{DELIVERY_ID}:{ATTEMPT}   job id of a delivery's attempt (0: the first)
 """
 
 from __future__ import annotations
@@ -69,3 +72,6 @@ class KeySpace:
 
     def call_log_shards_all(self) -> list[str]:
         return [self.call_log_shard(n) for n in range(self.log_shards)]
+
+    def delivery_job(self, delivery_id: str, attempt: int) -> str:
+        return f"{self.prefix}webhook:{delivery_id}:{attempt}"

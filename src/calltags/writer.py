@@ -9,9 +9,10 @@ acknowledgement), the COPY fails on the primary key, the transaction is rolled b
 and the batch goes the careful way instead: COPY into a temp table, then INSERT ... ON
 CONFLICT DO NOTHING on the entry id. Entries taken over from a dead worker go the
 careful way from the start. Call records go through a temp table and are replaced only
-by a higher version. Amended rows (a request answered 503 after its write, see
-store.ANSWER_FIELD) replace the answer of the row of the same request, or come first:
-the first row then finds its place taken.
+by a higher version. A batch's webhook deliveries (outbox.py) are inserted in the same
+transaction, each at most once. Amended rows (a request answered 503 after its write,
+see store.ANSWER_FIELD) replace the answer of the row of the same request, or come
+first: the first row then finds its place taken.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import asyncpg
 import orjson
 
 from calltags.erasure import Redactor
+from calltags.outbox import INSERT_OUTBOX, OUTBOX_ERASE_COLUMNS, columns
 from calltags.partitions import Conn, Partitions
 from calltags.rows import CALL_COLUMNS, POSTBACK_COLUMNS, Row
 
@@ -141,11 +143,13 @@ class RowWriter:
         amended: list[Row] | None = None,
         *,
         fresh: bool = False,
-    ) -> None:
-        """Write the rows in one transaction; BadData if some value was refused."""
+        outbox: list[Row] | None = None,
+    ) -> list[str]:
+        """Write the rows in one transaction; the ids of the webhook deliveries (`outbox`
+        rows) inserted now. BadData if some value was refused."""
         amended = amended or []
         if not postbacks and not calls and not amended:
-            return
+            return []
         times = [row[0] for row in postbacks + amended] + [row[_STARTED] for row in calls]
         async with self.pool.acquire() as conn:
             try:
@@ -157,13 +161,20 @@ class RowWriter:
                             rows = await self.redactor.redact(conn, erased, postbacks, calls)
                             fixed, _ = await self.redactor.redact(conn, erased, amended, [])
                             await self._insert(conn, *rows, fixed, direct=direct)
-                        return
+                            kept = await self.redactor.kept_deliveries(
+                                conn, erased, outbox or [], OUTBOX_ERASE_COLUMNS
+                            )
+                            if not kept:
+                                return []
+                            made = await conn.fetch(INSERT_OUTBOX, *columns(kept))
+                        return [row[0] for row in made]
                     except asyncpg.UniqueViolationError:
                         if not direct:
                             raise
                         log.info("%d rows came again: adding the missing ones", len(postbacks))
             except _DATA_ERRORS as exc:
                 raise BadData(f"{type(exc).__name__}: {exc}") from exc
+        return []  # not reached: the careful way returns or raises
 
     @staticmethod
     async def _insert(
