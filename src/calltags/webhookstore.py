@@ -13,7 +13,7 @@ import msgspec
 from calltags.db import POSTGRES_ERRORS
 from calltags.errors import StoreBoundary
 from calltags.models import from_row
-from calltags.records import _cursor, _Query, encode_cursor
+from calltags.records import Query, decode_cursor, encode_cursor
 from calltags.webhooks import (
     Delivery,
     DeliveryFilters,
@@ -201,14 +201,14 @@ class WebhookStore(StoreBoundary):
         none), or of all (then usually of one call)."""
         if webhook_id is not None:
             await self.get(webhook_id)
-        query = _Query()
+        query = Query()
         if webhook_id is not None:
             query.add("webhook_id = {}", webhook_id)
         for column in ("call_uuid", "state", "event"):
             value = getattr(filters, column)
             if value is not None:
                 query.add(f"{column} = {{}}", value)
-        cursor = _cursor(filters.cursor)
+        cursor = decode_cursor(filters.cursor)
         if cursor is not None:
             at, key = cursor
             query.add("(created_at, id) < ({}, {}::uuid)", at, key)
