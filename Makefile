@@ -20,7 +20,8 @@ run: $(STAMP)
 # that the fixtures start and stop (tests/cluster.py).
 CLUSTER_TESTS := $(addprefix tests/test_,postbacks.py calls.py concurrency.py \
 	key_security.py admin.py log.py log_listings.py worker.py scaleout_store.py scaleout.py \
-	front.py store.py procfile.py log_attribution.py write_ack.py idempotency.py bulk.py)
+	front.py store.py procfile.py log_attribution.py write_ack.py tag_schemas.py \
+	callers.py webhooks.py idempotency.py bulk.py)
 
 test: $(STAMP)  # on a single Redis node, then on Redis Cluster
 	$(BIN)/pytest tests
@@ -47,7 +48,8 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	touch $(BENCH_STAMP)
 
-.PHONY: bench bench-locust bench-flush bench-flood bench-ack bench-bulk
+.PHONY: bench bench-locust bench-flush bench-flood bench-ack bench-schema bench-webhooks \
+	bench-bulk
 bench: $(STAMP)  # side-by-side peak measurement with wrk; see bench/README.md
 	$(BIN)/python -m bench.run
 
@@ -62,6 +64,12 @@ bench-ack: $(STAMP)  # postbacks and connects with CALLTAGS_WRITE_ACK=replica be
 
 bench-bulk: $(STAMP)  # postbacks/s one a request beside bulk posts' items/s; see bench/README.md
 	$(BIN)/python -m bench.bulk
+
+bench-schema: $(STAMP)  # the postback's tag schema step, µs a call; see bench/README.md
+	$(BIN)/python -m bench.schema_step
+
+bench-webhooks: $(STAMP)  # one worker's webhook deliveries/s and latency at 500 events/s; see bench/README.md
+	$(BIN)/python -m bench.webhook_bench
 
 bench-locust: $(BENCH_STAMP)  # realistic mixed load for a fixed time, reports in bench/results/
 	$(BIN)/python -m bench.locust_run

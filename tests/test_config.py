@@ -140,3 +140,11 @@ def test_idempotency_window(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings(env_file=None).idempotency_seconds == 86_400
     monkeypatch.setenv("CALLTAGS_IDEMPOTENCY_SECONDS", "3600")
     assert load_settings(env_file=None).idempotency_seconds == 3600
+
+
+def test_erasure_salt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CALLTAGS_ERASURE_SALT", raising=False)
+    assert load_settings(env_file=None).erasure_salt is None  # Postgres's own salt then
+    monkeypatch.setenv("CALLTAGS_ERASURE_SALT", "pepper")
+    salt = load_settings(env_file=None).erasure_salt
+    assert str(salt) == "pepper" and "pepper" not in repr(salt)

@@ -251,3 +251,17 @@ async def test_the_openapi_document_names_the_header(client: httpx.AsyncClient) 
             p for p in params if p["name"] == "idempotency_key"
         ).items()
         assert any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in params)
+
+
+async def test_an_erase_deletes_the_callers_idempotency_records(
+    client: httpx.AsyncClient, key: dict[str, Any], redis: RedisClient, settings: Settings
+) -> None:
+    caller, ikey = fresh_caller(), _ikey()
+    assert (await _post(client, key["key"], caller, ikey, lead="a")).status_code == 200
+    pattern = keyspace(settings).replays_of(caller)
+    assert [name async for name in redis.scan_iter(match=pattern)]  # kept for the window
+    erased = await client.post(f"/admin/callers/{caller}/erase", headers=ADMIN)
+    assert erased.status_code == 200, erased.text
+    assert [name async for name in redis.scan_iter(match=pattern)] == []
+    again = await _post(client, key["key"], caller, ikey, lead="a")  # nothing to replay
+    assert again.status_code == 200 and REPLAYED not in again.headers

@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from apitools import assert_error
+from apitools import assert_error, connect
 from conftest import ADMIN, ADMIN_TOKEN, ROUTING_TOKEN, Keys, fresh_caller
 from pagetools import CSRF, Signed, sign_in
 
 from calltags.front import OPERATIONS
 from calltags.operations import Auth, Operation
 from calltags.session import CSRF_HEADER, SESSION_COOKIE, new_session, valid_session
+from calltags.sink import Sink
 
 
 @pytest.fixture
@@ -127,10 +128,22 @@ FORMS = [op for op in OPERATIONS if op.auth is Auth.SESSION and op.method == "PO
 
 @pytest.mark.parametrize("op", FORMS, ids=[op.path for op in FORMS])
 async def test_every_console_form_needs_the_sessions_csrf_token(
-    client: httpx.AsyncClient, keys: Keys, browser: Signed, op: Operation
+    client: httpx.AsyncClient, keys: Keys, browser: Signed, op: Operation, sink: Sink
 ) -> None:
     key = await keys.key()
-    path = op.path.format(publisher_id=key["publisher_id"], key_id=key["id"])
+    call_uuid = ""
+    if "{call_uuid}" in op.path:  # a call with its record
+        call_uuid = (await connect(client, fresh_caller()))["call_uuid"]
+        await sink.drain()
+    webhook_id = 0
+    if "{webhook_id}" in op.path:  # a webhook whose test is refused at once (loopback)
+        webhook = {"name": "w", "url": "http://127.0.0.1:9/", "events": ["call.ended"]}
+        created = await client.post("/admin/webhooks", json=webhook, headers=ADMIN)
+        webhook_id = created.json()["id"]
+    path = op.path.format(
+        publisher_id=key["publisher_id"], key_id=key["id"], number=fresh_caller(),
+        call_uuid=call_uuid, webhook_id=webhook_id,
+    )  # fmt: skip
     before = (await client.get("/admin/publishers", headers=ADMIN)).json()["items"]
     # What each form would change, had it been let through.
     fields = {"name": "changed", "paused": "true", "grace_seconds": "0", "tags": "a=1"}
@@ -152,12 +165,21 @@ async def test_every_console_form_needs_the_sessions_csrf_token(
         path, data={**_valid(op.path), "csrf_token": browser.csrf}, headers=browser.headers
     )
     assert response.status_code in (200, 303), (path, response.text)
+    for webhook in (await client.get("/admin/webhooks", headers=ADMIN)).json()["items"]:
+        if webhook["name"] == "w":  # made here: no delivery for later tests' events
+            await client.delete(f"/admin/webhooks/{webhook['id']}", headers=ADMIN)
 
 
 def _valid(path: str) -> dict[str, str]:
+    if path == "/console/webhooks":
+        return {"name": "w", "url": "https://x.example/", "events": "call.ended"}
     if path.endswith("/test"):
         return {"caller_number": fresh_caller(), "tags": "a=1"}
-    if path.endswith("/rotate") or path.endswith("/revoke") or path == "/console/logout":
+    if path.endswith("/erase"):
+        return {"confirm": "true"}
+    if path.endswith(("/rotate", "/revoke", "/tag_schema", "/retract")) or not path.startswith(
+        ("/console/keys/", "/console/publishers")
+    ):  # and the pages' reveal forms
         return {}
     if path.startswith("/console/keys/"):
         return {"paused": "true"}

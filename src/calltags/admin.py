@@ -26,6 +26,7 @@ from calltags.models import (
 from calltags.operations import Api, Auth, Routes
 from calltags.publishers import KeyNotFound, PublisherNotFound, example_url
 from calltags.services import Services
+from calltags.tagschemas import TagSchemaNotFound
 
 ROUTES = Routes(Api.ADMIN, Auth.ADMIN)
 _PUBLISHER = ("publisher_not_found",)
@@ -49,6 +50,8 @@ def missing_is_404() -> Iterator[None]:
         raise ApiError("publisher_not_found", f"no publisher {exc.args[0]}") from exc
     except KeyNotFound as exc:
         raise ApiError("key_not_found", f"no usable key {exc.args[0]}") from exc
+    except TagSchemaNotFound as exc:  # named in a key's body: the body is wrong
+        raise ApiError("invalid_request", f"tag_schema: no tag schema {exc.args[0]!r}") from exc
 
 
 def public_base(svc: Services, request: Request) -> str:

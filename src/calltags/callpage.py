@@ -11,12 +11,13 @@ from urllib.parse import urlencode
 
 from starlette.responses import Response
 
-from calltags import logpage
+from calltags import logpage, pii
 from calltags.errors import ApiError
 from calltags.models import CALL_STATES, CallFilters, TagSource
 from calltags.operations import Api, Auth, Routes
 from calltags.pages import Page, listing
 from calltags.times import iso
+from calltags.webhookpage import deliveries_of_call
 
 PATH = "/console/calls"
 PAGE_LIMIT = "50"  # calls a page shows unless the URL asks otherwise
@@ -48,8 +49,19 @@ def writer_url(caller_number: str, source: TagSource) -> str:
 
 @ROUTES.route("GET", PATH + "/{call_uuid}", html=True, errors=("call_not_found",))
 async def call_page(page: Page) -> Response:
-    """A call: each tag, its value, the publisher and key that set it, when, and the
-    postback that wrote it."""
+    """A call: each tag, its value (personal ones masked), the publisher and key that set
+    it, when, and the postback that wrote it."""
+    return await _call_page(page, reveal=False)
+
+
+@ROUTES.route("POST", PATH + "/{call_uuid}", html=True, errors=("call_not_found",))
+async def call_page_revealed(page: Page) -> Response:
+    """A call with its personal tags shown (the page's reveal form)."""
+    pii.revealed(page.request.url.path)
+    return await _call_page(page, reveal=True)
+
+
+async def _call_page(page: Page, reveal: bool) -> Response:
     svc = page.svc
     call_uuid: str = page.request.path_params["call_uuid"]
     call = await svc.records.call(call_uuid)
@@ -61,13 +73,16 @@ async def call_page(page: Page) -> Response:
         )
     publishers = {publisher.id: publisher for publisher in await svc.publishers.list_publishers()}
     keys = await svc.publishers.keys_by_id(s.key_id for s in call.tag_sources.values())
+    personal = await pii.personal_tags(svc, keys.values())
     tags: list[dict[str, Any]] = []
     for name, value in sorted(call.tags.items()):
         source = call.tag_sources.get(name)
+        hidden = not reveal and source is not None and name in personal.get(source.key_id, ())
         tags.append(
             {
                 "name": name,
-                "value": value,
+                "value": pii.MASK if hidden else value,
+                "masked": hidden,
                 "source": source,
                 "publisher": publishers.get(source.publisher_id) if source else None,
                 "key": keys.get(source.key_id) if source else None,
@@ -79,8 +94,11 @@ async def call_page(page: Page) -> Response:
         "section": "calls",
         "call": call,
         "tags": tags,
+        "reveal": reveal,
+        "maskable": reveal or any(tag["masked"] for tag in tags),
         # With the caller: the log's index is by caller, and a call's postbacks are its.
         "log_url": f"{logpage.PATH}?{urlencode({**caller, 'call_uuid': call.call_uuid})}",
         "caller_url": f"{logpage.PATH}?{urlencode(caller)}",
+        "deliveries": (await deliveries_of_call(page, call.call_uuid)).items,
     }
     return page.render("call.html", context)

@@ -1,4 +1,4 @@
-"""The `calltags` command: run, migrate, and manage publishers and keys."""
+"""The `calltags` command: run, migrate, and manage publishers, keys and webhooks."""
 
 from __future__ import annotations
 
@@ -203,6 +203,77 @@ def _key_change(paused: bool | None) -> Callable[[argparse.Namespace], None]:
     return command
 
 
+async def _with_webhooks(settings: Settings, action: Callable[[Any], Awaitable[None]]) -> None:
+    """Run `action` with the webhooks' store (WebhookNotFound: a message naming the id)."""
+    from calltags.services import open_services
+    from calltags.webhookstore import WebhookNotFound, WebhookStore
+
+    svc = await open_services(settings)
+    try:
+        await action(WebhookStore(svc.pool))
+    except WebhookNotFound as exc:
+        raise SystemExit(f"no webhook with id {exc.args[0]}") from None
+    finally:
+        await svc.close()
+
+
+def cmd_webhook_create(args: argparse.Namespace) -> None:
+    from calltags.webhooks import WebhookCreate, tag_filter
+
+    fields: dict[str, Any] = {"name": args.name, "url": args.url, "events": args.event}
+    fields["method"] = args.method
+    if args.publisher is not None:
+        fields["publisher_id"] = args.publisher
+    if args.campaign is not None:
+        fields["campaign"] = args.campaign
+    fields["tag_filters"] = [tag_filter(text) for text in args.tag or []]
+    new = _valid(fields, WebhookCreate)
+
+    async def action(store: Any) -> None:
+        webhook = await store.create(new)
+        _print_json(webhook)
+        print(f"\nsigning secret (shown once, store it now): {webhook.secret}")
+
+    asyncio.run(_with_webhooks(_settings(), action))
+
+
+def cmd_webhook_list(args: argparse.Namespace) -> None:
+    async def action(store: Any) -> None:
+        found = await store.all()
+        for hook in found:
+            state = "enabled" if hook.enabled else "disabled"
+            print(f"{hook.id:>6}  {state:<8} {hook.method:<4} {hook.url}  {','.join(hook.events)}")
+            if hook.disabled_reason:
+                print(f"        {hook.disabled_reason}")
+        if not found:
+            print("no webhooks")
+
+    asyncio.run(_with_webhooks(_settings(), action))
+
+
+def cmd_webhook_test(args: argparse.Namespace) -> None:
+    settings = _settings()
+
+    async def action(store: Any) -> None:
+        from calltags.delivery import send_test
+
+        result = await send_test(store, settings, args.webhook_id)
+        _print_json(result)
+        if not result.delivered:
+            raise SystemExit(1)
+
+    asyncio.run(_with_webhooks(settings, action))
+
+
+def cmd_webhook_disable(args: argparse.Namespace) -> None:
+    async def action(store: Any) -> None:
+        from calltags.webhooks import WebhookUpdate
+
+        _print_json(await store.update(args.webhook_id, WebhookUpdate(enabled=False)))
+
+    asyncio.run(_with_webhooks(_settings(), action))
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from calltags import devserver
 
@@ -258,6 +329,31 @@ def parser() -> argparse.ArgumentParser:
         action = key.add_parser(name, help=text)
         action.add_argument("key_id", type=int)
         action.set_defaults(func=_key_change(paused))
+
+    webhook = sub.add_parser("webhook", help="manage outbound webhooks").add_subparsers(
+        dest="action", required=True
+    )
+    wcreate = webhook.add_parser("create", help="create a webhook; prints its secret once")
+    wcreate.add_argument("--name", required=True)
+    wcreate.add_argument("--url", required=True, help="URL template, e.g. https://x/?c=[call_uuid]")
+    wcreate.add_argument(
+        "--event", action="append", required=True, help="an event to send (repeat for more)"
+    )
+    wcreate.add_argument("--method", choices=("POST", "GET"), default="POST")
+    wcreate.add_argument("--publisher", type=int, help="only calls of this publisher")
+    wcreate.add_argument("--campaign", help="only calls of this campaign")
+    wcreate.add_argument(
+        "--tag", action="append", help="tag filter: NAME, NAME=VALUE or NAME=A|B (repeatable)"
+    )
+    wcreate.set_defaults(func=cmd_webhook_create)
+    webhook.add_parser("list", help="list webhooks").set_defaults(func=cmd_webhook_list)
+    for name, command, text in (
+        ("test", cmd_webhook_test, "send a webhook.test event now"),
+        ("disable", cmd_webhook_disable, "disable a webhook"),
+    ):
+        wh_action = webhook.add_parser(name, help=text)
+        wh_action.add_argument("webhook_id", type=int)
+        wh_action.set_defaults(func=command)
     return top
 
 

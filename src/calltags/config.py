@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote
 
 from calltags.autopipe import ReplicaAck
@@ -163,6 +164,12 @@ class Settings:
     write_replicas: int = 1  # with "replica": replicas that must hold a write
     write_ack_timeout_ms: int = 100  # with "replica": the longest a request waits for them
     idempotency_seconds: int = DEFAULT_IDEMPOTENCY_SECONDS  # the window of an idempotency key
+    erasure_salt: Secret | None = None  # keys the hash an erase records; None: Postgres's
+    webhook_timeout_seconds: float = 10.0  # a receiver's time to answer a delivery 2xx
+    webhook_retry_base_seconds: float = 10.0  # the first wait before a retry, doubling after
+    webhook_max_attempts: int = 15  # attempts of a delivery before it is failed
+    webhook_disable_after: int = 50  # failed deliveries in a row disabling a webhook; 0: never
+    webhook_allow_private: bool = False  # deliveries may go to loopback and private addresses
 
     @property
     def uses_cluster(self) -> bool:
@@ -189,15 +196,30 @@ class Settings:
         return require(self.redis_url, "REDIS_URL")
 
 
-def _int(config: Config, name: str, default: int, low: int, high: int) -> int:
+_N = TypeVar("_N", int, float)
+
+
+def _number(
+    config: Config, name: str, default: _N, bounds: tuple[_N, _N], cast: type[_N], what: str
+) -> _N:
+    """The setting read with `cast` (`what` it must be), within `bounds`."""
     raw = config(name, default=str(default))
     try:
-        value = int(raw)
+        value = cast(raw)
     except ValueError as exc:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
+        raise ConfigError(f"{name} must be {what}, got {raw!r}") from exc
+    low, high = bounds
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
     return value
+
+
+def _int(config: Config, name: str, default: int, low: int, high: int) -> int:
+    return _number(config, name, default, (low, high), int, "a whole number")
+
+
+def _seconds(config: Config, name: str, default: float, low: float, high: float) -> float:
+    return _number(config, name, float(default), (low, high), float, "a number of seconds")
 
 
 def _rate(raw: str) -> tuple[float, int] | None:
@@ -292,6 +314,17 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         idempotency_seconds=_int(
             config, "CALLTAGS_IDEMPOTENCY_SECONDS", DEFAULT_IDEMPOTENCY_SECONDS, 1, MAX_KEY_SECONDS
         ),
+        # The salt of the number hash each caller erase records (erasure.py); unset: the
+        # salt migration 008 made in Postgres. The web processes and workers share it.
+        erasure_salt=_secret(config, "CALLTAGS_ERASURE_SALT"),
+        webhook_timeout_seconds=_seconds(config, "CALLTAGS_WEBHOOK_TIMEOUT_SECONDS", 10, 0.1, 60),
+        webhook_retry_base_seconds=_seconds(
+            config, "CALLTAGS_WEBHOOK_RETRY_BASE_SECONDS", 10, 0.01, 3600
+        ),
+        webhook_max_attempts=_int(config, "CALLTAGS_WEBHOOK_MAX_ATTEMPTS", 15, 1, 100),
+        webhook_disable_after=_int(config, "CALLTAGS_WEBHOOK_DISABLE_AFTER", 50, 0, 10**6),
+        webhook_allow_private=config("CALLTAGS_WEBHOOK_ALLOW_PRIVATE", default="0").lower()
+        in ("1", "true", "yes"),
     )
 
 

@@ -30,6 +30,7 @@ from calltags.models import (
     Key,
     KeyCreate,
     KeyRotate,
+    KeySchemaChoice,
     KeyTest,
     KeyUpdate,
     Publisher,
@@ -205,6 +206,7 @@ async def _publisher(
         "rotate": forms.specs(KeyRotate),
         "key_types": KEY_TYPE_LABELS,
         "default_rate": svc.settings.rate_limit,
+        "tag_schemas": [schema.name for schema in await svc.tag_schemas.list()],
         "console_agent": postbacks.CONSOLE_AGENT,
     }
     status = refused.status if refused else 200
@@ -291,6 +293,21 @@ async def update_key(page: Page) -> Response:
         return _back(key)
 
     return await _on_key(page, update)
+
+
+@ROUTES.route(
+    "POST", "/console/keys/{key_id}/tag_schema", html=True, form=KeySchemaChoice, errors=_KEY
+)
+async def choose_tag_schema(page: Page) -> Response:
+    """Set or clear a key's tag schema; then back to its publisher's page."""
+
+    async def choose(key: Key) -> Response:
+        chosen = page.form(KeySchemaChoice).tag_schema
+        with missing_is_404():
+            await page.svc.publishers.update_key(key.id, KeyUpdate(tag_schema=chosen))
+        return _back(key)
+
+    return await _on_key(page, choose)
 
 
 @ROUTES.route("POST", "/console/keys/{key_id}/rotate", html=True, form=KeyRotate, errors=_KEY)

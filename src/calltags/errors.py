@@ -95,6 +95,9 @@ _TABLE = (
         True,
     ),
     ErrorCode("too_many_items", 422, "too many items in one bulk post", True),
+    # Refusals of the key's tag schema (see tagschemas.py).
+    ErrorCode("missing_tag", 422, "a tag the key's tag schema requires is missing", True),
+    ErrorCode("unknown_tag", 422, "a tag the key's tag schema does not declare", True),
     ErrorCode("call_not_found", 404, "no call with that call_uuid", True),
     ErrorCode("invalid_body", 400, "the body cannot be read", True),
     ErrorCode("invalid_query", 400, "the query string cannot be read", True),
@@ -113,6 +116,9 @@ _TABLE = (
     ErrorCode("call_exists", 409, "that call_uuid belongs to another caller"),
     ErrorCode("publisher_not_found", 404, "no such publisher"),
     ErrorCode("key_not_found", 404, "no such usable key"),
+    ErrorCode("webhook_not_found", 404, "no such webhook"),
+    ErrorCode("tag_schema_not_found", 404, "no such tag schema"),
+    ErrorCode("tag_schema_in_use", 409, "a usable key uses this tag schema"),
     # Any route.
     ErrorCode("not_found", 404, "no such route"),
     ErrorCode("method_not_allowed", 405, "this route does not take that method"),

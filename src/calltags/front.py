@@ -26,6 +26,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from calltags import (
     admin,
     adminapp,
+    callerapi,
+    callerpage,
     callpage,
     console,
     health,
@@ -34,6 +36,10 @@ from calltags import (
     openapi,
     postbacks,
     routing,
+    schemaapi,
+    schemapage,
+    webhookapi,
+    webhookpage,
 )
 from calltags.asgi import send_json
 from calltags.config import Settings
@@ -59,10 +65,16 @@ OPERATIONS: tuple[Operation, ...] = tuple(
         routing.ROUTES,
         health.FRONT,
         admin.ROUTES,
+        schemaapi.ROUTES,
+        callerapi.ROUTES,
         listings.ROUTES,
+        webhookapi.ROUTES,
         console.ROUTES,
         logpage.ROUTES,
         callpage.ROUTES,
+        webhookpage.ROUTES,
+        callerpage.ROUTES,
+        schemapage.ROUTES,
         health.ROUTES,
         adminapp.ROUTES,
     )
@@ -104,6 +116,9 @@ class Front:
             document = orjson.dumps(openapi.document(OPERATIONS))
             self.admin = adminapp.AdminApp(OPERATIONS, self.metrics, document)
         self.core: Core | None = None
+        self.delivery_stats = webhookapi.DeliveryStats()
+        if role is Role.WEB:
+            self.metrics.registry.register(self.delivery_stats)
 
     @property
     def operations(self) -> Sequence[Operation]:
@@ -172,6 +187,7 @@ class Front:
             tasks += [
                 asyncio.create_task(_touch_keys(svc)),
                 asyncio.create_task(svc.log.watch(_BACKLOG_INTERVAL)),
+                asyncio.create_task(self.delivery_stats.watch(svc)),
             ]
         else:
             self.core = open_core(self.settings)

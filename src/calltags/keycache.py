@@ -49,6 +49,7 @@ class KeyInfo:
     require_signature: bool = False
     signing_secret: bytes = b""
     networks: tuple[Network, ...] = ()  # empty: any address
+    tag_schema: str | None = None  # the name of the tag schema its tags must fit
 
     def allows(self, address: str | None) -> bool:
         if not self.networks:
@@ -73,6 +74,7 @@ def mirror_fields(row: asyncpg.Record) -> dict[str, str | int | float]:
         "req": int(row["require_signature"]),
         "sig": row["signing_secret"],
         "net": ",".join(str(network) for network in row["allowed_cidrs"]),
+        "tsc": row["tag_schema"] or "",
     }
 
 
@@ -96,6 +98,7 @@ def key_info(fields: dict[str, Any]) -> KeyInfo:
         require_signature=text("req") == "1",
         signing_secret=text("sig", "").encode(),
         networks=tuple(parse_cidrs(networks.split(","))) if networks else (),
+        tag_schema=text("tsc", "") or None,
     )
 
 

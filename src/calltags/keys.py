@@ -15,13 +15,18 @@ script touches one Redis Cluster slot:
     {prefix}key:{SHA256}         hash   mirror of a postback key for the hot path
     {prefix}rate:{KEY_ID}        hash   token bucket of a postback key's rate limit
     {prefix}fail:{ADDRESS}       string failed key attempts from a client address this minute
+    {prefix}schema:{NAME}        string a tag schema's JSON (models.TagSchema), mirrored from
+                                        Postgres for the hot path
     {prefix}keys:synced          string set once every key is mirrored: unknown keys then
                                         need no Postgres lookup
     {prefix}log:{N}              stream postback log shard N (0 <= N < CALLTAGS_LOG_SHARDS)
     {prefix}calllog:{N}          stream call snapshots shard N, written after connect and end
                                         (postbacks carry theirs in the log entry)
 
-Workers read both stream families through the consumer group SINK_GROUP.
+Workers read both stream families through the consumer group SINK_GROUP. The arq jobs
+sending webhook deliveries are named, one an attempt (arq keeps its own keys for them):
+
+    {prefix}webhook:{DELIVERY_ID}:{ATTEMPT}   job id of a delivery's attempt (0: the first)
 """
 
 from __future__ import annotations
@@ -46,6 +51,11 @@ class KeySpace:
     def replay(self, caller: str, key_id: int, token: str) -> str:
         return f"{self.prefix}{{{caller}}}:i:{key_id}:{token}"
 
+    def replays_of(self, caller: str) -> str:
+        """The SCAN pattern of the caller's `replay` records."""
+        literal = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.replay(caller, 0, ""))
+        return literal.removesuffix("0:") + "*"
+
     def idempotency(self, key_id: int, token: str) -> str:
         return f"{self.prefix}idem:{{{key_id}:{token}}}"
 
@@ -61,6 +71,9 @@ class KeySpace:
     def failures(self, address: str) -> str:
         return f"{self.prefix}fail:{{{address}}}"
 
+    def tag_schema(self, name: str) -> str:
+        return f"{self.prefix}schema:{{{name}}}"
+
     def mirror_complete(self) -> str:
         return f"{self.prefix}keys:synced"
 
@@ -75,3 +88,6 @@ class KeySpace:
 
     def call_log_shards_all(self) -> list[str]:
         return [self.call_log_shard(n) for n in range(self.log_shards)]
+
+    def delivery_job(self, delivery_id: str, attempt: int) -> str:
+        return f"{self.prefix}webhook:{delivery_id}:{attempt}"

@@ -14,6 +14,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from calltags import pii
 from calltags.models import (
     STATUS_FILTERS,
     Key,
@@ -37,23 +38,42 @@ async def old_log_page(request: Request) -> Response:
 
 
 def _entry_view(
-    entry: PostbackEntry, publishers: dict[int, Publisher], keys: dict[int, Key]
+    entry: PostbackEntry,
+    publishers: dict[int, Publisher],
+    keys: dict[int, Key],
+    personal: pii.Personal,
+    reveal: bool,
 ) -> dict[str, Any]:
     item = msgspec.structs.asdict(entry)
+    hidden = frozenset() if reveal else personal.get(entry.key_id or 0, frozenset())
+    item["tags"] = pii.masked(entry.tags, hidden)
     return {
         **item,
         "publisher": publishers.get(entry.publisher_id or 0),
         "key": keys.get(entry.key_id or 0),
         "outcome": entry.status or entry.error or "",
         "accepted": entry.error is None,
-        "tag_text": ", ".join(f"{k}={v}" for k, v in entry.tags.items()),
+        "tag_text": ", ".join(f"{k}={v}" for k, v in item["tags"].items()),
+        "masked": bool(hidden & entry.tags.keys()),
         "payload": orjson.dumps(item, option=orjson.OPT_INDENT_2).decode(),
     }
 
 
 @ROUTES.route("GET", PATH, html=True, query=PostbackFilters)
 async def log_page(page: Page) -> Response:
-    """The postback log page: filters, newest first, each entry opened to its fields."""
+    """The postback log page: filters, newest first, each entry opened to its fields
+    (personal tags masked)."""
+    return await _log_page(page, reveal=False)
+
+
+@ROUTES.route("POST", PATH, html=True, query=PostbackFilters)
+async def log_page_revealed(page: Page) -> Response:
+    """The postback log page with personal tags shown (the page's reveal form)."""
+    pii.revealed(str(page.request.url))
+    return await _log_page(page, reveal=True)
+
+
+async def _log_page(page: Page, reveal: bool) -> Response:
     svc = page.svc
     found = await listing(page, PostbackFilters, PAGE_LIMIT, svc.records.postbacks)
     entries: Sequence[PostbackEntry] = found.items
@@ -62,9 +82,14 @@ async def log_page(page: Page) -> Response:
     wanted = {entry.key_id for entry in entries if entry.key_id is not None}
     keys = await svc.publishers.keys_by_id(wanted | ({key_filter} if key_filter else set()))
     backlog = svc.log.last
+    personal = await pii.personal_tags(svc, keys.values())
+    views = [_entry_view(entry, publishers, keys, personal, reveal) for entry in entries]
     context = {
         "section": "log",
-        "entries": [_entry_view(entry, publishers, keys) for entry in entries],
+        "entries": views,
+        "reveal": reveal,
+        "maskable": any(view["masked"] for view in views) or reveal,
+        "here": page.request.url.query,
         "filtered_key": keys.get(key_filter or 0),
         "publishers": publishers,
         "statuses": STATUS_FILTERS,

@@ -6,6 +6,8 @@ these Structs (`msgspec`, beside orjson: decoding and checking a body is one C c
 from __future__ import annotations
 
 import ipaddress
+import re
+import typing
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -15,6 +17,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from calltags import store
 from calltags.errors import LOGGED_CODES, ApiError
+from calltags.patterns import compile_pattern
 from calltags.phone import MAX_RAW_LENGTH
 from calltags.store import STATUS_COMPLETED, STATUS_LIVE, STATUS_STORED
 from calltags.times import iso, iso_ms
@@ -86,6 +89,13 @@ IdempotencyKey = Annotated[
 ]
 MAX_BULK_ITEMS = 1000  # postbacks of one bulk post
 MAX_BULK_BODY_BYTES = 8 * 1024 * 1024  # 8 MiB of JSON or CSV
+TAG_SCHEMA_NAME = r"[A-Za-z0-9_.\-]{1,64}"
+SchemaName = Annotated[
+    str,
+    Meta(
+        pattern=f"^{TAG_SCHEMA_NAME}$", description="a tag schema's name: 1-64 of A-Z a-z 0-9 _ . -"
+    ),
+]
 
 
 class Body(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -136,6 +146,9 @@ class KeyCreate(Body):
     allowed_cidrs: Cidrs = msgspec.field(default_factory=list)
     rate_limit_per_second: RatePerSecond | None = None
     rate_limit_burst: RateBurst | None = None
+    tag_schema: (
+        Annotated[SchemaName, Meta(description="the tag schema its postbacks must fit")] | None
+    ) = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -176,6 +189,9 @@ class KeyUpdate(Update):
     allowed_cidrs: Cidrs | UnsetType = UNSET
     rate_limit_per_second: RatePerSecond | UnsetType | None = UNSET
     rate_limit_burst: RateBurst | UnsetType | None = UNSET
+    tag_schema: (
+        Annotated[SchemaName, Meta(description="null: none, every tag accepted")] | UnsetType | None
+    ) = UNSET
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -215,6 +231,9 @@ class Key(Struct, kw_only=True):
     allowed_cidrs: Cidrs
     rate_limit_per_second: RatePerSecond | None
     rate_limit_burst: RateBurst | None
+    tag_schema: (
+        Annotated[SchemaName, Meta(description="the tag schema its postbacks must fit")] | None
+    ) = None
 
 
 class NewSecret(Key, kw_only=True):
@@ -242,6 +261,191 @@ class KeyTest(Body):
     tags: Annotated[
         str, Meta(max_length=MAX_TEST_TAGS, description="name=value, one a line (or joined by &)")
     ] = ""
+
+
+# -- admin: tag schemas ---------------------------------------------------------------------
+
+MAX_SCHEMA_TAGS = 1000  # tags one schema declares
+MAX_PATTERN = 1000  # characters of a string tag's pattern
+MAX_ENUM_VALUES = 1000
+TagType = Literal["string", "integer", "number", "boolean", "enum", "date", "email", "phone", "url"]
+TAG_TYPES: tuple[str, ...] = typing.get_args(TagType)
+_NUMERIC = ("integer", "number")
+_RULE_TYPES = {  # the rules only some types take
+    "min": _NUMERIC,
+    "max": _NUMERIC,
+    "max_length": ("string",),
+    "pattern": ("string",),
+    "values": ("enum",),
+}
+EnumValue = Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+class TagRule(Body):
+    """What one declared tag's value must be; the value is stored in its canonical text
+    (integers without leading zeros, booleans true/false, enums as declared, dates
+    YYYY-MM-DD, phones E.164, emails with a lower-case domain)."""
+
+    type: TagType
+    required: Annotated[bool, Meta(description="every postback must carry it")] = False
+    min: Annotated[float, Meta(description="integer, number: the least value")] | None = None
+    max: Annotated[float, Meta(description="integer, number: the greatest value")] | None = None
+    max_length: Annotated[int, Meta(ge=1, description="string: characters at most")] | None = None
+    pattern: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=MAX_PATTERN,
+                description="string: a regular expression"
+                " the whole value must match (RE2 syntax: no backreferences or lookaround)",
+            ),
+        ]
+        | None
+    ) = None
+    values: (
+        Annotated[
+            list[EnumValue],
+            Meta(
+                min_length=1,
+                max_length=MAX_ENUM_VALUES,
+                description="enum: the values, matched without regard to case",
+            ),
+        ]
+        | None
+    ) = None
+    pii: Annotated[bool, Meta(description="personal data: masked in the console")] = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for rule, types in _RULE_TYPES.items():
+            if getattr(self, rule) is not None and self.type not in types:
+                raise ValueError(f"{rule} applies to type {' or '.join(types)}, not {self.type}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        if self.type == "enum":
+            if self.values is None:
+                raise ValueError("an enum needs its values")
+            if any("\x00" in value for value in self.values):
+                raise ValueError("values must not contain NUL")
+            folded = [value.casefold() for value in self.values]
+            if len(set(folded)) < len(folded):
+                raise ValueError("an enum's values must differ other than by case")
+        if self.pattern is not None:
+            compile_pattern(self.pattern)
+
+
+class TagSchema(Body):
+    """The tags a key's postbacks may carry: each declared tag's rule, and what becomes
+    of a tag the schema does not declare."""
+
+    tags: Annotated[
+        dict[str, TagRule],
+        Meta(max_length=MAX_SCHEMA_TAGS, description="tag name (folded to lower case) -> rule"),
+    ] = msgspec.field(default_factory=dict)
+    unknown: Annotated[
+        Literal["accept", "reject", "drop"],
+        Meta(description="an undeclared tag: kept as is, refused (422 unknown_tag), or left out"),
+    ] = "accept"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        folded: dict[str, TagRule] = {}
+        for name, rule in self.tags.items():
+            if not _TAG_NAME.fullmatch(name):
+                raise ValueError(
+                    f"tag name {name[:64]!r} must be 1-64 characters of A-Z a-z 0-9 _ . -"
+                )
+            if name.lower() in folded:
+                raise ValueError(f"tag {name!r} is declared twice (names are folded to lower case)")
+            folded[name.lower()] = rule
+        self.tags = folded
+
+
+_TAG_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # as postbacks reads a tag's name
+
+
+class NamedTagSchema(TagSchema, kw_only=True):
+    """A tag schema as stored."""
+
+    name: SchemaName
+    created_at: Time
+    updated_at: Time
+
+
+class TagSchemaList(Struct, kw_only=True):
+    items: list[NamedTagSchema]
+
+
+# -- admin: a caller's data --------------------------------------------------------------
+
+
+class PendingTag(Struct, kw_only=True):
+    """A tag waiting in Redis for the caller's next call."""
+
+    name: str
+    value: str
+    publisher_id: int
+    key_id: int
+    set_at: Time
+    expires_at: Time
+
+
+class CallerData(Struct, kw_only=True):
+    """What Redis holds of a caller now: its pending tags and its calls."""
+
+    caller_number: E164
+    pending: list[PendingTag]
+    calls: list[Call]
+
+
+class CallerQuery(Body):
+    publisher_id: Annotated[Id, Meta(description="only this publisher's pending tags")] | None = (
+        None
+    )
+
+
+class CallerLookup(Body):
+    """The console's caller search."""
+
+    number: AnyNumber = ""
+
+
+class EraseConfirm(Body):
+    """The console's erase form: the box that says it is meant."""
+
+    confirm: Annotated[bool, Meta(description="true: erase this caller's data")] = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.confirm:
+            raise ValueError("tick the box to confirm the erase: it cannot be undone")
+
+
+class Retracted(Struct, kw_only=True):
+    caller_number: E164
+    retracted: Annotated[int, Meta(description="pending tags removed")]
+
+
+class Erasure(Struct, kw_only=True):
+    """What an erase removed. Recorded with a salted hash of the number, never the
+    number."""
+
+    erased_at: Time
+    number_hash: Annotated[str, Meta(description="HMAC-SHA256 of the number, hex")]
+    pending_tags: Annotated[int, Meta(description="pending tags deleted from Redis")]
+    calls_in_redis: Annotated[int, Meta(description="calls deleted from Redis")]
+    log_entries: Annotated[
+        int, Meta(description="log entries not yet in Postgres, redacted in the Redis streams")
+    ]
+    postbacks: Annotated[int, Meta(description="postback log rows redacted in Postgres")]
+    call_records: Annotated[int, Meta(description="call records redacted in Postgres")]
+
+
+class KeySchemaChoice(Body):
+    """The console's form choosing a key's tag schema: none when left blank."""
+
+    tag_schema: SchemaName | None = None
 
 
 # -- routing ----------------------------------------------------------------------------
@@ -421,6 +625,15 @@ class PostbackAnswer(Struct, kw_only=True):
     ]
     call_uuid: str | UnsetType = UNSET
     expires_at: str | UnsetType = UNSET
+    dropped_tags: (
+        Annotated[
+            list[str],
+            Meta(
+                description="tags the key's tag schema does not declare, left out (unknown: drop)"
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 class Error(Struct, kw_only=True):

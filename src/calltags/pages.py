@@ -39,6 +39,9 @@ NAVIGATION = (  # the console's sections: (name, path, label)
     ("publishers", HOME_PATH, "Publishers"),
     ("log", "/console/log", "Postback log"),
     ("calls", "/console/calls", "Calls"),
+    ("callers", "/console/callers", "Callers"),
+    ("tag_schemas", "/console/tag_schemas", "Tag schemas"),
+    ("webhooks", "/console/webhooks", "Webhooks"),
 )
 _CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; script-src 'nonce-{nonce}';"

@@ -384,13 +384,16 @@ def _idempotent(params: dict[str, str], given: str, until_ms: int, answer: bytes
     )
 
 
-def _answered(tags: dict[str, str], caller: str, result: PostbackResult) -> PostbackAnswer:
+def _answered(
+    tags: dict[str, str], caller: str, dropped: list[str], result: PostbackResult
+) -> PostbackAnswer:
     return PostbackAnswer(
         tag_values=tags,
         caller_number=caller,
         status=result.status,  # type: ignore[arg-type]
         call_uuid=result.call_uuid if result.call_uuid is not None else UNSET,
         expires_at=iso_ms(result.expires_at_ms) if result.expires_at_ms is not None else UNSET,
+        dropped_tags=dropped or UNSET,
     )
 
 
@@ -408,6 +411,8 @@ async def _handle(
     if caller is None and caller_raw is not None:  # not a number: refused now, in its turn
         caller = phone.normalize(caller_raw, svc.settings.default_region)
     out.tags = tags = _tags(params)
+    tags, dropped = await svc.tag_schemas.conform(key, tags)  # checked, in canonical text
+    out.tags = tags
     given = params.get("idempotency_key")
     if given is not None and not IDEMPOTENCY_KEY.fullmatch(given):
         raise ApiError("invalid_idempotency_key")
@@ -424,7 +429,7 @@ async def _handle(
     idempotent = None
     if given is not None:
         until_ms = out.received_ms + svc.settings.idempotency_seconds * 1000
-        idempotent = _idempotent(params, given, until_ms, orjson.dumps([tags, caller]))
+        idempotent = _idempotent(params, given, until_ms, orjson.dumps([tags, caller, dropped]))
     try:
         result: PostbackResult = await svc.store.write_tags(
             caller,
@@ -452,10 +457,10 @@ async def _handle(
         raise ApiError("unavailable", "the write is not confirmed (it may have happened)") from exc
     if not result.replayed:
         out.logged = True
-        return _answered(tags, caller, result), False
+        return _answered(tags, caller, dropped, result), False
     assert result.answer is not None
-    first_tags, first_caller = orjson.loads(result.answer)
-    answer = _answered(first_tags, first_caller, result)
+    first_tags, first_caller, first_dropped = orjson.loads(result.answer)
+    answer = _answered(first_tags, first_caller, first_dropped, result)
     out.call_uuid = result.call_uuid or call_uuid
     await svc.store.append_log(_entry(req, out, None, answer.status, replayed=True))
     out.logged = True

@@ -18,6 +18,7 @@ from calltags.keycache import KeyInfo, hash_secret, key_info, mirror_fields, par
 from calltags.keys import KeySpace
 from calltags.models import Key, KeyCreate, KeyUpdate, Publisher, PublisherUpdate, from_row
 from calltags.store import REDIS_ERRORS, RedisClient
+from calltags.tagschemas import TagSchemaNotFound
 from calltags.times import iso
 
 SECRET_BYTES = 24  # 192 bits of randomness per key
@@ -29,7 +30,7 @@ _KEY_COLUMNS = (
     "id, publisher_id, name, type, secret_hash, secret_prefix, end_call_cutoff_seconds,"
     " storage_duration_seconds, paused, revoked_at, created_at, last_used_at,"
     " previous_secret_hash, previous_valid_until, signing_secret, require_signature,"
-    " allowed_cidrs, rate_limit_per_second, rate_limit_burst"
+    " allowed_cidrs, rate_limit_per_second, rate_limit_burst, tag_schema"
 )
 # The settings a key is created with beyond its name, type and secrets; a PATCH may
 # change these and the name and paused flag.
@@ -40,6 +41,7 @@ _SETTINGS = (
     "allowed_cidrs",
     "rate_limit_per_second",
     "rate_limit_burst",
+    "tag_schema",
 )
 _UPDATABLE = ("name", "paused", *_SETTINGS)
 
@@ -88,6 +90,9 @@ class KeyNotFound(Exception):
 
 class PublisherNotFound(Exception):
     pass
+
+
+_TAG_SCHEMA_FKEY = "postback_keys_tag_schema_fkey"  # migration 008
 
 
 class Publishers(StoreBoundary):
@@ -216,7 +221,12 @@ class Publishers(StoreBoundary):
         else:
             sql = f"SELECT {_KEY_COLUMNS} FROM postback_keys WHERE id = $1 AND revoked_at IS NULL"
         values = [parse_cidrs(changes[c]) if c == "allowed_cidrs" else changes[c] for c in columns]
-        row: asyncpg.Record | None = await conn.fetchrow(sql, key_id, *values)
+        try:
+            row: asyncpg.Record | None = await conn.fetchrow(sql, key_id, *values)
+        except asyncpg.ForeignKeyViolationError as exc:
+            if exc.constraint_name != _TAG_SCHEMA_FKEY:
+                raise
+            raise TagSchemaNotFound(changes["tag_schema"]) from exc
         return row
 
     async def rotate_key(self, key_id: int, grace_seconds: int) -> tuple[Key, str]:

@@ -48,7 +48,7 @@ _CALL_SELECT = (
 
 
 @dataclass
-class _Query:
+class Query:
     """A WHERE clause built from validated filters, with its $n arguments."""
 
     clauses: list[str] = field(default_factory=list)
@@ -93,7 +93,7 @@ def encode_cursor(at: datetime, key: str) -> str:
     return base64.urlsafe_b64encode(orjson.dumps([micros, key])).decode().rstrip("=")
 
 
-def _cursor(raw: str | None) -> tuple[datetime, str] | None:
+def decode_cursor(raw: str | None) -> tuple[datetime, str] | None:
     if raw is None:
         return None
     try:
@@ -107,8 +107,8 @@ def _cursor(raw: str | None) -> tuple[datetime, str] | None:
 
 def _common(
     filters: PostbackFilters | CallFilters, region: str, time_column: str, key_column: str
-) -> _Query:
-    query = _Query()
+) -> Query:
+    query = Query()
     caller = _caller(filters.caller_number, region)
     if caller is not None:
         query.add("caller_number = {}", caller)
@@ -117,7 +117,7 @@ def _common(
         query.add(f"{time_column} >= {{}}", since)
     if until is not None:
         query.add(f"{time_column} < {{}}", until)
-    cursor = _cursor(filters.cursor)
+    cursor = decode_cursor(filters.cursor)
     if cursor is not None:
         at, key = cursor
         if key_column == "id":
@@ -131,7 +131,7 @@ def _common(
     return query
 
 
-def _status(query: _Query, value: str) -> None:
+def _status(query: Query, value: str) -> None:
     """`value` is one of models.STATUS_FILTERS (the model checked it)."""
     if value in _STATUS_GROUPS:
         query.clauses.append(_STATUS_GROUPS[value])
@@ -164,7 +164,7 @@ def call_record(row: asyncpg.Record) -> CallRecord:
     return from_row(CallRecord, row, tags=orjson.loads(row["tags"]), tag_sources=sources)
 
 
-def _equal(query: _Query, filters: Struct, columns: tuple[str, ...]) -> None:
+def _equal(query: Query, filters: Struct, columns: tuple[str, ...]) -> None:
     """Each filter of `columns` given: that column equals it."""
     for column in columns:
         value = getattr(filters, column)
@@ -201,7 +201,7 @@ class Records(StoreBoundary):
     async def _page(
         self,
         select: str,
-        query: _Query,
+        query: Query,
         limit: int,
         time_column: str,
         key_column: str,

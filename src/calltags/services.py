@@ -13,6 +13,7 @@ from starlette.requests import Request
 from calltags.clients import redis_client
 from calltags.config import Settings, require
 from calltags.db import create_pool
+from calltags.erasure import Erasures
 from calltags.guard import GuessGuard
 from calltags.keycache import KeyResolver
 from calltags.keys import KeySpace
@@ -20,6 +21,7 @@ from calltags.log import PostbackLog
 from calltags.publishers import Publishers
 from calltags.records import Records
 from calltags.store import RedisClient, Store, open_store
+from calltags.tagschemas import TagSchemas
 
 
 @dataclass
@@ -56,6 +58,8 @@ class Services(Core):
     records: Records
     resolver: KeyResolver
     guard: GuessGuard
+    tag_schemas: TagSchemas
+    erasures: Erasures
 
     async def close(self) -> None:
         await self.pool.close()
@@ -90,6 +94,10 @@ async def open_services(settings: Settings) -> Services:
             core.redis, core.keys, settings.key_cache_seconds, fallback=publishers
         ),
         guard=GuessGuard(settings.key_failures_per_minute),
+        tag_schemas=TagSchemas(
+            pool, core.redis, core.keys, settings.key_cache_seconds, settings.default_region
+        ),
+        erasures=Erasures(pool, str(settings.erasure_salt) if settings.erasure_salt else None),
     )
 
 

@@ -9,7 +9,9 @@ the batch acknowledged and deleted in Redis: a batch delivered twice adds no row
 Entries a dead worker read and never acknowledged are taken over once idle for
 `claim_idle_ms`, and go the careful way into Postgres. While Postgres or Redis cannot
 be reached the batch is retried with back-off, and stays in Redis until it is
-committed. The log's day partitions are kept by `maintain` (partitions.py).
+committed. With an `outbox`, a batch's webhook deliveries are committed with its rows,
+and their senders told after the commit (outbox.py). The log's day partitions are kept
+by `maintain` (partitions.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import asyncpg
 from redis.backoff import EqualJitterBackoff
 
 from calltags.db import POSTGRES_ERRORS
+from calltags.erasure import Redactor
 from calltags.keys import KeySpace
+from calltags.outbox import Outbox
 from calltags.partitions import Partitions, utc_today
 from calltags.rows import Row, log_rows, snapshot_rows
 from calltags.store import REDIS_ERRORS, RedisClient
@@ -67,8 +71,11 @@ class Sink:
         claim_idle_ms: int = 60_000,
         max_backoff: float = 5.0,
         consumer: str | None = None,
+        erasure_salt: str | None = None,
+        outbox: Outbox | None = None,
     ):
         self.redis = redis
+        self.outbox = outbox
         self.pool = pool
         self.keys = keys
         self.max_backoff = max_backoff
@@ -81,7 +88,7 @@ class Sink:
             redis, self.streams, self.consumer, batch=batch, claim_idle_ms=claim_idle_ms
         )
         self.partitions = Partitions()
-        self.writer = RowWriter(pool, self.partitions)
+        self.writer = RowWriter(pool, self.partitions, Redactor(erasure_salt))
         self._postback_streams = frozenset(keys.log_shards_all())
 
     # -- the worker loop ---------------------------------------------------------------
@@ -166,18 +173,24 @@ class Sink:
         in Postgres yet (a taken-over batch may be).
         """
         rows = self._rows(stream, batch)
+        deliveries: list[Row] | None = None
+        made: list[str] = []
         failures = 0
         committed = False
         while True:
             try:
                 if not committed:
+                    if deliveries is None:
+                        deliveries = await self._deliveries(stream, batch)
                     try:
-                        await self.writer.commit(*rows, fresh=fresh)
+                        made = await self.writer.commit(*rows, fresh=fresh, outbox=deliveries)
                     except BadData as exc:
                         log.warning("rows of %s refused (%s), checking each", stream, exc)
                         rows = self._rows(stream, batch, checked=True)
-                        await self.writer.commit(*rows, fresh=fresh)
+                        made = await self.writer.commit(*rows, fresh=fresh, outbox=deliveries)
                     committed = True
+                    if self.outbox is not None:
+                        await self.outbox.committed(made)
                 await self.reader.acknowledge(stream, [entry_id for entry_id, _ in batch])
                 break
             except Exception as exc:  # Postgres or Redis down: the batch waits, never dropped
@@ -201,6 +214,12 @@ class Sink:
         self.counters.batches += 1
         self.counters.rows += len(postbacks) + len(amended)
         self.counters.calls += len(calls)
+
+    async def _deliveries(self, stream: str, batch: list[Entry]) -> list[Row]:
+        """The webhook deliveries the batch makes (none without an outbox)."""
+        if self.outbox is None:
+            return []
+        return await self.outbox.plan(batch, postbacks=stream in self._postback_streams)
 
     def _delay(self, failures: int) -> float:
         """Seconds before the next try, with `failures` failures in a row before this one:

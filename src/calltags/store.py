@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -125,6 +125,22 @@ class Idempotent:
     answer: bytes
 
 
+@dataclass(frozen=True)
+class CallerState:
+    """What Redis holds of a caller: pending tags (name -> value, source), until when
+    they wait (None: there are none), and the caller's calls."""
+
+    pending: dict[str, tuple[str, TagSource]]
+    pending_expires_ms: int | None
+    calls: list[Call]
+
+
+# Rewrites the fields of a log stream entry with a caller's data removed; None: the
+# entry holds none of it.
+Redaction: TypeAlias = Callable[[dict[bytes, bytes]], dict[bytes, bytes] | None]
+_STREAM_PAGE = 1000  # entries a stream is read by when redacting
+
+
 class CallNotFound(Exception):
     pass
 
@@ -207,6 +223,9 @@ class Store(StoreBoundary, ABC):
         self._connect = scripts.register(redis, "connect-3.lua")
         self._end = scripts.register(redis, "end-2.lua")
         self._fail = scripts.register(redis, "fail-1.lua")
+        self._caller = scripts.register(redis, "caller-2.lua")
+        self._retract = scripts.register(redis, "retract-1.lua")
+        self._erase = scripts.register(redis, "erase-2.lua")
         self._snapshot_shards = itertools.cycle(keys.call_log_shards_all())
         self._log_shards = itertools.cycle(keys.log_shards_all())
 
@@ -414,6 +433,61 @@ class Store(StoreBoundary, ABC):
         await self._record(shard, raw)
         return decode_call(raw), code == 0
 
+    # -- a caller's data (the admin API's) -------------------------------------------------
+
+    async def caller_state(self, caller: str) -> CallerState:
+        keys = [self.keys.pending(caller), self.keys.calls(caller)]
+        ttl, pending, calls = await self._queue_eval(self._caller, keys, [])
+        tags: dict[str, tuple[str, TagSource]] = {}
+        for n in range(0, len(pending), 2):
+            tags[pending[n].decode()] = decode_tag(pending[n + 1].decode())
+        expires = now_ms() + int(ttl) if tags and int(ttl) >= 0 else None
+        found = sorted((decode_call(raw) for raw in calls), key=lambda call: -call.started_ms)
+        return CallerState(tags, expires, found)
+
+    async def retract_pending(self, caller: str, publisher_id: int | None = None) -> int:
+        """Remove the caller's pending tags (only `publisher_id`'s, if given); how many."""
+        args = [publisher_id if publisher_id is not None else ""]
+        return int(await self._queue_eval(self._retract, [self.keys.pending(caller)], args))
+
+    async def erase_caller(self, caller: str) -> tuple[int, int]:
+        """Delete the caller's pending tags and calls, the calls' lookup keys and the
+        caller's idempotency records (their answers hold the number and tags);
+        (pending tags, calls) deleted."""
+        keys = [self.keys.pending(caller), self.keys.calls(caller)]
+        pending, *uuids = await self._queue_eval(self._erase, keys, [])
+        if uuids:  # each in its own slot
+            await self._together(
+                *(self._queue("DEL", self.keys.call_index(uuid.decode())) for uuid in uuids)
+            )
+        # Named by idempotency keys the store cannot know: found by SCAN (an erase is rare).
+        async for name in self.redis.scan_iter(match=self.keys.replays_of(caller), count=1000):
+            await self._queue("DEL", name)
+        return int(pending), len(uuids)
+
+    async def redact_streams(self, redact: Redaction) -> int:
+        """Replace each entry of the log streams (postbacks and call snapshots) that
+        `redact` rewrites by its rewritten copy (a new entry of the same stream; the
+        workers keep one row of the two, by the entry's own id); how many were."""
+        replaced = 0
+        for stream in (*self.keys.log_shards_all(), *self.keys.call_log_shards_all()):
+            start = "-"
+            while True:
+                page = await self.redis.xrange(stream, start, "+", count=_STREAM_PAGE)
+                for entry_id, fields in page:
+                    rewritten = redact(fields)
+                    if rewritten is None:
+                        continue
+                    flat = [part for pair in rewritten.items() for part in pair]
+                    await self._queue("XADD", stream, "*", *flat)
+                    await self._queue("XDEL", stream, entry_id)
+                    replaced += 1
+                if len(page) < _STREAM_PAGE:
+                    break
+                last = page[-1][0]
+                start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+        return replaced
+
 
 class NodeStore(Store):
     """On one Redis node (a `Redis` client), commands issued in the same event-loop turn
@@ -425,7 +499,10 @@ class NodeStore(Store):
         self, redis: Redis, keys: KeySpace, call_ttl_seconds: int, ack: ReplicaAck | None = None
     ):
         super().__init__(redis, keys, call_ttl_seconds)
-        used = [self._postback, self._connect, self._end, self._fail]
+        used = [
+            self._postback, self._connect, self._end, self._fail, self._caller, self._retract,
+            self._erase,
+        ]  # fmt: skip
         self._pipe = (
             AutoPipeline(redis, used) if ack is None else ReplicaAckedPipeline(redis, used, ack)
         )

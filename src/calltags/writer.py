@@ -1,15 +1,18 @@
 """The sink's Postgres side: its pool, whose codecs take the rows as rows.py builds
 them, and a batch's rows written in one go.
 
-A batch of new entries is COPYed straight into `postbacks` (one statement, so all or
-nothing); if some of its rows are there already (the batch was delivered before, say
-by a worker that died between commit and acknowledgement), the COPY fails on the
-primary key and the batch goes the careful way instead: COPY into a temp table, then
-INSERT ... ON CONFLICT DO NOTHING on the entry id. Entries taken over from a dead
-worker go the careful way from the start. Call records go through a temp table and
-are replaced only by a higher version. Amended rows (a request answered 503 after its
-write, see store.ANSWER_FIELD) replace the answer of the row of the same request, or
-come first: the first row then finds its place taken.
+Each batch is one transaction, which first takes the erasure lock shared and redacts
+the rows of callers erased since the rows' time (erasure.Redactor). A batch of new
+entries is COPYed straight into `postbacks`; if some of its rows are there already
+(the batch was delivered before, say by a worker that died between commit and
+acknowledgement), the COPY fails on the primary key, the transaction is rolled back,
+and the batch goes the careful way instead: COPY into a temp table, then INSERT ... ON
+CONFLICT DO NOTHING on the entry id. Entries taken over from a dead worker go the
+careful way from the start. Call records go through a temp table and are replaced only
+by a higher version. A batch's webhook deliveries (outbox.py) are inserted in the same
+transaction, each at most once. Amended rows (a request answered 503 after its write,
+see store.ANSWER_FIELD) replace the answer of the row of the same request, or come
+first: the first row then finds its place taken.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from calltags.erasure import Redactor
+from calltags.outbox import INSERT_OUTBOX, OUTBOX_ERASE_COLUMNS, columns
 from calltags.partitions import Conn, Partitions
 from calltags.rows import CALL_COLUMNS, POSTBACK_COLUMNS, Row
 
@@ -44,6 +49,7 @@ _AMEND_POSTBACKS = (
     " status = EXCLUDED.status, error = EXCLUDED.error, http_status = EXCLUDED.http_status"
 )
 _CALL_LIST = ", ".join(CALL_COLUMNS)
+_STARTED = CALL_COLUMNS.index("started_at")
 # One snapshot per call (the newest); inserted in call_uuid order so that concurrent
 # workers lock rows in the same order. An older or repeated snapshot changes nothing.
 _UPSERT_CALLS = (
@@ -122,11 +128,13 @@ async def create_sink_pool(dsn: str, max_size: int = 4) -> asyncpg.Pool:
 
 
 class RowWriter:
-    """Writes a batch's rows, the postback log's day partitions made first."""
+    """Writes a batch's rows, the postback log's day partitions made first, and the rows
+    of callers erased meanwhile redacted (see erasure.py)."""
 
-    def __init__(self, pool: asyncpg.Pool, partitions: Partitions):
+    def __init__(self, pool: asyncpg.Pool, partitions: Partitions, redactor: Redactor):
         self.pool = pool
         self.partitions = partitions
+        self.redactor = redactor
 
     async def commit(
         self,
@@ -135,47 +143,57 @@ class RowWriter:
         amended: list[Row] | None = None,
         *,
         fresh: bool = False,
-    ) -> None:
-        """Write the rows in one transaction; BadData if some value was refused."""
+        outbox: list[Row] | None = None,
+    ) -> list[str]:
+        """Write the rows in one transaction; the ids of the webhook deliveries (`outbox`
+        rows) inserted now. BadData if some value was refused."""
         amended = amended or []
         if not postbacks and not calls and not amended:
-            return
+            return []
+        times = [row[0] for row in postbacks + amended] + [row[_STARTED] for row in calls]
         async with self.pool.acquire() as conn:
             try:
                 await self.partitions.ensure(conn, (row[0] for row in postbacks + amended))
-                if fresh:
+                for direct in (True, False) if fresh else (False,):
                     try:
-                        await self._insert(conn, postbacks, calls, amended, direct=True)
-                        return
+                        async with conn.transaction():
+                            erased = await self.redactor.hold(conn, times)
+                            rows = await self.redactor.redact(conn, erased, postbacks, calls)
+                            fixed, _ = await self.redactor.redact(conn, erased, amended, [])
+                            await self._insert(conn, *rows, fixed, direct=direct)
+                            kept = await self.redactor.kept_deliveries(
+                                conn, erased, outbox or [], OUTBOX_ERASE_COLUMNS
+                            )
+                            if not kept:
+                                return []
+                            made = await conn.fetch(INSERT_OUTBOX, *columns(kept))
+                        return [row[0] for row in made]
                     except asyncpg.UniqueViolationError:
+                        if not direct:
+                            raise
                         log.info("%d rows came again: adding the missing ones", len(postbacks))
-                await self._insert(conn, postbacks, calls, amended, direct=False)
             except _DATA_ERRORS as exc:
                 raise BadData(f"{type(exc).__name__}: {exc}") from exc
+        return []  # not reached: the careful way returns or raises
 
     @staticmethod
     async def _insert(
         conn: Conn, postbacks: list[Row], calls: list[Row], amended: list[Row], *, direct: bool
     ) -> None:
-        """`direct`: COPY the postbacks into their table, which fails on a row that is
-        there already; else through the temp table, adding only the missing rows."""
-        if direct and not calls and not amended:  # one statement: all or nothing
+        """Inside the caller's transaction. `direct`: COPY the postbacks into their
+        table, which fails on a row that is there already; else through the temp table,
+        adding only the missing rows."""
+        if postbacks and direct:
             await conn.copy_records_to_table(
                 "postbacks", records=postbacks, columns=POSTBACK_COLUMNS
             )
-            return
-        async with conn.transaction():
-            if postbacks and direct:
-                await conn.copy_records_to_table(
-                    "postbacks", records=postbacks, columns=POSTBACK_COLUMNS
-                )
-            elif postbacks:
-                await conn.copy_records_to_table(
-                    "postbacks_stage", records=postbacks, columns=POSTBACK_COLUMNS
-                )
-                await conn.execute(_INSERT_POSTBACKS)
-            if amended:  # rare (a failover's moments): one statement a row is fine
-                await conn.executemany(_AMEND_POSTBACKS, amended)
-            if calls:
-                await conn.copy_records_to_table("calls_stage", records=calls, columns=CALL_COLUMNS)
-                await conn.execute(_UPSERT_CALLS)
+        elif postbacks:
+            await conn.copy_records_to_table(
+                "postbacks_stage", records=postbacks, columns=POSTBACK_COLUMNS
+            )
+            await conn.execute(_INSERT_POSTBACKS)
+        if amended:  # rare (a failover's moments): one statement a row is fine
+            await conn.executemany(_AMEND_POSTBACKS, amended)
+        if calls:
+            await conn.copy_records_to_table("calls_stage", records=calls, columns=CALL_COLUMNS)
+            await conn.execute(_UPSERT_CALLS)
