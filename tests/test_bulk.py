@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import orjson
 from apitools import assert_error, connect
-from conftest import Keys, fresh_caller
+from conftest import ADMIN, Keys, fresh_caller
 from logtools import fetch
 
 from calltags import signing
@@ -230,3 +230,25 @@ async def test_a_signed_key_signs_the_bulk_body(client: httpx.AsyncClient, keys:
     assert response.json()["results"][0]["status"] == STORED
     tampered = await client.post(path, content=body.replace(b"a", b"b"), headers=headers)
     assert_error(tampered, 401, "invalid_signature")
+
+
+async def test_items_go_through_the_keys_tag_schema(client: httpx.AsyncClient, keys: Keys) -> None:
+    name = f"bulk{secrets.token_hex(4)}"
+    schema = {"tags": {"age": {"type": "integer", "required": True}}, "unknown": "drop"}
+    put = await client.put(f"/admin/tag_schemas/{name}", json=schema, headers=ADMIN)
+    assert put.status_code == 201, put.text
+    key = await keys.key(tag_schema=name)
+    caller = fresh_caller()
+    items: list[dict[str, Any]] = [
+        {"caller_number": caller, "age": "007", "extra": "x", "idempotency_key": "k1"},
+        {"caller_number": fresh_caller(), "age": "old"},
+        {"caller_number": fresh_caller(), "extra": "x"},
+    ]
+    results = await _bulk(client, key["key"], items)
+    assert results[0]["tag_values"] == {"age": "7"}
+    assert results[0]["dropped_tags"] == ["extra"]
+    assert [(r["http_status"], r.get("error")) for r in results[1:]] == [
+        (422, "invalid_tag"), (422, "missing_tag"),
+    ]  # fmt: skip
+    again = await _bulk(client, key["key"], items[:1])  # a repeat: the first answer
+    assert again[0] == {**results[0], "replayed": True}
