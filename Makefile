@@ -21,7 +21,7 @@ run: $(STAMP)
 CLUSTER_TESTS := $(addprefix tests/test_,postbacks.py calls.py concurrency.py \
 	key_security.py admin.py log.py log_listings.py worker.py scaleout_store.py scaleout.py \
 	front.py store.py procfile.py log_attribution.py write_ack.py tag_schemas.py \
-	callers.py webhooks.py)
+	callers.py webhooks.py idempotency.py bulk.py)
 
 test: $(STAMP)  # on a single Redis node, then on Redis Cluster
 	$(BIN)/pytest tests
@@ -48,7 +48,8 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	touch $(BENCH_STAMP)
 
-.PHONY: bench bench-locust bench-flush bench-flood bench-ack bench-schema bench-webhooks
+.PHONY: bench bench-locust bench-flush bench-flood bench-ack bench-schema bench-webhooks \
+	bench-bulk
 bench: $(STAMP)  # side-by-side peak measurement with wrk; see bench/README.md
 	$(BIN)/python -m bench.run
 
@@ -60,6 +61,9 @@ bench-flood: $(STAMP)  # routing's connects while postbacks flood the web proces
 
 bench-ack: $(STAMP)  # postbacks and connects with CALLTAGS_WRITE_ACK=replica beside primary; see bench/README.md
 	$(BIN)/python -m bench.ack
+
+bench-bulk: $(STAMP)  # postbacks/s one a request beside bulk posts' items/s; see bench/README.md
+	$(BIN)/python -m bench.bulk
 
 bench-schema: $(STAMP)  # the postback's tag schema step, µs a call; see bench/README.md
 	$(BIN)/python -m bench.schema_step

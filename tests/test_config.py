@@ -33,6 +33,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CALLTAGS_WRITE_ACK", "all"),
         ("CALLTAGS_WRITE_REPLICAS", "0"),
         ("CALLTAGS_WRITE_ACK_TIMEOUT_MS", "0"),  # WAIT's 0 waits forever
+        ("CALLTAGS_IDEMPOTENCY_SECONDS", "0"),
+        ("CALLTAGS_IDEMPOTENCY_SECONDS", "a day"),
     ],
 )
 def test_bad_values_fail_naming_the_variable(
@@ -131,6 +133,13 @@ def test_write_ack(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CALLTAGS_WRITE_REPLICAS", "2")
     monkeypatch.setenv("CALLTAGS_WRITE_ACK_TIMEOUT_MS", "250")
     assert load_settings(env_file=None).replica_ack == ReplicaAck(replicas=2, timeout_ms=250)
+
+
+def test_idempotency_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CALLTAGS_IDEMPOTENCY_SECONDS", raising=False)
+    assert load_settings(env_file=None).idempotency_seconds == 86_400
+    monkeypatch.setenv("CALLTAGS_IDEMPOTENCY_SECONDS", "3600")
+    assert load_settings(env_file=None).idempotency_seconds == 3600
 
 
 def test_erasure_salt(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -130,3 +131,26 @@ async def test_an_amended_entry_replaces_the_row_in_either_order(
         assert await sink.drain() == 1
     rows = [tuple(row) for row in await fetch(database_url, ROWS_BY_AGENT, agent)]
     assert rows == [(503, "unavailable", "call not found, tags stored")]
+
+
+async def test_an_idempotent_retry_of_an_unconfirmed_postback_is_its_replay(
+    acked: Settings, unconfirmed: httpx.AsyncClient
+) -> None:
+    """The 503's write may have happened: retried with the same idempotency key, it is
+    answered as it was written, and written no second time."""
+    caller = fresh_caller()
+    async with running_app(acked) as confirmed:
+        key = await Keys(confirmed).key()
+        params = {"key": key["key"], "caller_number": caller, "lead": "a"}
+        headers = {"Idempotency-Key": f"ack-{secrets.token_hex(4)}"}
+        refused = await unconfirmed.get("/data_writing", params=params, headers=headers)
+        assert_error(refused, 503, "unavailable")
+        answered_at = datetime.now(UTC)
+        retry = await confirmed.get("/data_writing", params=params, headers=headers)
+        assert retry.status_code == 200, retry.text
+        assert retry.headers["idempotent-replayed"] == "true"
+        assert retry.json()["status"] == "call not found, tags stored"
+        call = await connect(confirmed, caller, f"ack-{secrets.token_hex(4)}")
+        assert call["tags"] == {"lead": "a"}
+        set_at = datetime.fromisoformat(call["tag_sources"]["lead"]["set_at"])
+        assert set_at <= answered_at  # the first post's write, not the retry's

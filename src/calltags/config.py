@@ -22,6 +22,7 @@ CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
 SENTINEL_PORT = 26379  # a Sentinel's port when the URL gives none
 WRITE_ACKS = ("primary", "replica")
+DEFAULT_IDEMPOTENCY_SECONDS = 86_400  # 1 day an idempotency key's first answer is replayed
 
 
 class Secret:
@@ -162,6 +163,7 @@ class Settings:
     write_ack: str = "primary"  # "primary": answered once the primary has it; "replica"
     write_replicas: int = 1  # with "replica": replicas that must hold a write
     write_ack_timeout_ms: int = 100  # with "replica": the longest a request waits for them
+    idempotency_seconds: int = DEFAULT_IDEMPOTENCY_SECONDS  # the window of an idempotency key
     erasure_salt: Secret | None = None  # keys the hash an erase records; None: Postgres's
     webhook_timeout_seconds: float = 10.0  # a receiver's time to answer a delivery 2xx
     webhook_retry_base_seconds: float = 10.0  # the first wait before a retry, doubling after
@@ -308,6 +310,10 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         # takes 0 as "forever", so the timeout starts at 1.
         write_replicas=_int(config, "CALLTAGS_WRITE_REPLICAS", 1, 1, 100),
         write_ack_timeout_ms=_int(config, "CALLTAGS_WRITE_ACK_TIMEOUT_MS", 100, 1, 60_000),
+        # How long after its first use an idempotency key's postback is replayed, s.
+        idempotency_seconds=_int(
+            config, "CALLTAGS_IDEMPOTENCY_SECONDS", DEFAULT_IDEMPOTENCY_SECONDS, 1, MAX_KEY_SECONDS
+        ),
         # The salt of the number hash each caller erase records (erasure.py); unset: the
         # salt migration 008 made in Postgres. The web processes and workers share it.
         erasure_salt=_secret(config, "CALLTAGS_ERASURE_SALT"),

@@ -85,6 +85,16 @@ _TABLE = (
     ErrorCode("no_tags", 422, "the postback carries no tags", True),
     ErrorCode("invalid_tag", 422, "a tag name or value breaks the tag rules", True),
     ErrorCode("too_many_tags", 422, "too many tags in one postback", True),
+    ErrorCode(
+        "invalid_idempotency_key", 422, "an idempotency key is 1-255 printable characters", True
+    ),
+    ErrorCode(
+        "idempotency_key_reused",
+        422,
+        "this idempotency key was used with other parameters",
+        True,
+    ),
+    ErrorCode("too_many_items", 422, "too many items in one bulk post", True),
     # Refusals of the key's tag schema (see tagschemas.py).
     ErrorCode("missing_tag", 422, "a tag the key's tag schema requires is missing", True),
     ErrorCode("unknown_tag", 422, "a tag the key's tag schema does not declare", True),

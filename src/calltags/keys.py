@@ -6,6 +6,11 @@ script touches one Redis Cluster slot:
     {prefix}{+15551234567}:p     hash   pending tags: name -> "pub:key:set_at_ms|value"
     {prefix}{+15551234567}:c     hash   calls: call_uuid -> JSON call, plus the pointers
                                         "@live" (newest live call) and "@last" (newest ended call)
+    {prefix}{+15551234567}:i:{KEY_ID}:{TOKEN}
+                                 hash   an idempotent postback's first answer, for replays
+                                        (TOKEN: the hash of its Idempotency-Key)
+    {prefix}idem:{KEY_ID:TOKEN}  string the fingerprint of that postback's parameters, routed
+                                        by the idempotency key so that any caller's post finds it
     {prefix}call:{CALL_UUID}     string caller number of a call, for lookups by call_uuid
     {prefix}key:{SHA256}         hash   mirror of a postback key for the hot path
     {prefix}rate:{KEY_ID}        hash   token bucket of a postback key's rate limit
@@ -42,6 +47,17 @@ class KeySpace:
 
     def calls(self, caller: str) -> str:
         return f"{self.prefix}{{{caller}}}:c"
+
+    def replay(self, caller: str, key_id: int, token: str) -> str:
+        return f"{self.prefix}{{{caller}}}:i:{key_id}:{token}"
+
+    def replays_of(self, caller: str) -> str:
+        """The SCAN pattern of the caller's `replay` records."""
+        literal = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.replay(caller, 0, ""))
+        return literal.removesuffix("0:") + "*"
+
+    def idempotency(self, key_id: int, token: str) -> str:
+        return f"{self.prefix}idem:{{{key_id}:{token}}}"
 
     def call_index(self, call_uuid: str) -> str:
         return f"{self.prefix}call:{{{call_uuid}}}"

@@ -63,10 +63,13 @@ def make_entry(
     latency_us: int,
     call: bytes | None = None,
     tags_checked: bool = False,
+    replayed: bool = False,
 ) -> dict[str, Any]:
     """The entry; `call` is the JSON of the call the post applied tags to, which the
     workers turn into the call's record. `tags_checked`: the tags passed the postback's
-    own rules, which are stricter than the log's caps, so they are logged as they are."""
+    own rules, which are stricter than the log's caps, so they are logged as they are.
+    `replayed`: a repeat of an idempotent postback, answered with the first one's answer
+    (nothing written)."""
     entry = {
         "id": random_uuid(),
         "received_at": received_ms,
@@ -85,6 +88,7 @@ def make_entry(
         "remote_addr": _cap(remote_addr, 64),
         "user_agent": _cap(user_agent),
         "latency_us": latency_us,
+        "replayed": replayed,
     }
     if call is not None:
         entry["call"] = orjson.Fragment(call)  # embedded as JSON, not re-encoded

@@ -78,6 +78,17 @@ Campaign = Annotated[str, Meta(max_length=200)]
 AnyNumber = Annotated[str, Meta(max_length=MAX_RAW_LENGTH, description="any format")]
 Time = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
 Id = Annotated[int, Meta(ge=1, le=MAX_ID)]
+IDEMPOTENCY_KEY = r"[\x20-\x7e]{1,255}"  # 1-255 printable ASCII characters
+IdempotencyKey = Annotated[
+    str,
+    Meta(
+        pattern=f"^{IDEMPOTENCY_KEY}$",
+        description="1-255 printable characters: a repeat within CALLTAGS_IDEMPOTENCY_SECONDS"
+        " gets the first answer again",
+    ),
+]
+MAX_BULK_ITEMS = 1000  # postbacks of one bulk post
+MAX_BULK_BODY_BYTES = 8 * 1024 * 1024  # 8 MiB of JSON or CSV
 TAG_SCHEMA_NAME = r"[A-Za-z0-9_.\-]{1,64}"
 SchemaName = Annotated[
     str,
@@ -498,6 +509,9 @@ class PostbackFilters(Body):
         ]
         | None
     ) = None
+    replayed: (
+        Annotated[bool, Meta(description="true: the repeats of idempotent postbacks only")] | None
+    ) = None
     since: Time | None = None
     until: Time | None = None
     limit: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
@@ -543,6 +557,9 @@ class PostbackEntry(Struct, kw_only=True):
     remote_addr: str | None
     user_agent: str | None
     latency_us: Annotated[int, Meta(description="from the request to the answer, µs")] | None
+    replayed: Annotated[
+        bool, Meta(description="a repeat of an idempotent postback: answered, nothing written")
+    ] = False
 
 
 class CallRecord(_CallBase, kw_only=True):
@@ -573,6 +590,29 @@ class PostbackParams(Struct, kw_only=True):
     key: Annotated[str, Meta(description="the postback key, unless in the path")] | None = None
     caller_number: Annotated[str, Meta(description="any format; or call_uuid")] | None = None
     call_uuid: CallUuid | None = None
+    idempotency_key: IdempotencyKey | None = None
+
+
+class BulkParams(Struct, kw_only=True):
+    """The query of a bulk post: its key (unless in the path)."""
+
+    key: Annotated[str, Meta(description="the postback key, unless in the path")] | None = None
+
+
+BulkItem = Annotated[
+    dict[str, Any],
+    Meta(
+        description="one postback's parameters: caller_number or call_uuid, idempotency_key"
+        " (optional), and the tags; values are strings, numbers or booleans (checked per item)"
+    ),
+]
+
+
+class BulkBody(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A bulk post's JSON body (or CSV with a header row: caller_number or call_uuid,
+    idempotency_key, one column per tag; an empty cell is no tag)."""
+
+    items: Annotated[list[BulkItem], Meta(max_length=MAX_BULK_ITEMS)]
 
 
 class PostbackAnswer(Struct, kw_only=True):
@@ -599,6 +639,25 @@ class PostbackAnswer(Struct, kw_only=True):
 class Error(Struct, kw_only=True):
     error: str
     message: str
+
+
+class BulkResult(Struct, kw_only=True):
+    """One item's answer: its HTTP status and the body a single postback of it gets
+    (a PostbackAnswer, or an Error), `replayed` for a repeat of an idempotent one."""
+
+    http_status: int
+    tag_values: dict[str, str] | UnsetType = UNSET
+    caller_number: str | UnsetType = UNSET
+    status: str | UnsetType = UNSET
+    call_uuid: str | UnsetType = UNSET
+    expires_at: str | UnsetType = UNSET
+    error: str | UnsetType = UNSET
+    message: str | UnsetType = UNSET
+    replayed: bool | UnsetType = UNSET
+
+
+class BulkAnswer(Struct, kw_only=True):
+    results: Annotated[list[BulkResult], Meta(description="one an item, in item order")]
 
 
 class Health(Struct, kw_only=True):

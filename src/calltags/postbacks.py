@@ -1,18 +1,29 @@
-"""The publisher API: GET|POST /data_writing and /data_writing/{key}, a plain ASGI app
-reading the scope itself (the busiest endpoint: Starlette's Request, Response, router
-and middleware would cost more than its own work). Browsers post lead forms to it
-straight from any origin, so it answers CORS itself, preflight included.
+"""The publisher API: GET|POST /data_writing and /data_writing/{key}, and POST
+/data_writing/bulk and /data_writing/{key}/bulk, a plain ASGI app reading the scope
+itself (the busiest endpoint: Starlette's Request, Response, router and middleware would
+cost more than its own work). Browsers post lead forms to it straight from any origin,
+so it answers CORS itself, preflight included.
+
+A request is read (its key recognised, its signature checked), then each postback it
+carries, one for a single post and one an item for a bulk post, goes through `_handle`
+with its parameters: a bulk item is answered and logged exactly as the same postback
+posted alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import csv
+import hashlib
+import io
 import logging
 import re
 import time
 from typing import Any
 from urllib.parse import urlencode
 
+import msgspec
 import orjson
 from msgspec import UNSET
 from starlette.types import Receive, Scope, Send
@@ -30,29 +41,63 @@ from calltags.http import Answer, error_answer, parse_object, query_pairs
 from calltags.keycache import KeyInfo
 from calltags.log import make_entry
 from calltags.metrics import UNMATCHED, Metrics
-from calltags.models import PostbackAnswer, PostbackParams, encode
+from calltags.models import (
+    MAX_BULK_BODY_BYTES,
+    MAX_BULK_ITEMS,
+    BulkAnswer,
+    BulkBody,
+    BulkParams,
+    PostbackAnswer,
+    PostbackParams,
+    encode,
+)
 from calltags.operations import Api, Routes
 from calltags.services import Services
-from calltags.store import CallNotFound, PostbackResult, RateLimit, RateLimited
+from calltags.store import (
+    CallNotFound,
+    IdempotencyKeyReused,
+    Idempotent,
+    PostbackResult,
+    RateLimit,
+    RateLimited,
+)
 from calltags.times import iso_ms, now_ms
 
 log = logging.getLogger("calltags")
 
 PATH = "/data_writing"
 _KEYED = PATH + "/"
+BULK = "/bulk"
 
 MAX_TAGS = 100
 MAX_TAG_VALUE_BYTES = 1024
 MAX_PARAMS = 1000  # parameters read from one request; more is refused before any parsing
-RESERVED = frozenset(("key", "caller_number", "call_uuid"))
+RESERVED = frozenset(("key", "caller_number", "call_uuid", "idempotency_key"))
 _TAG_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 CALL_UUID = re.compile(models.CALL_UUID)
+IDEMPOTENCY_KEY = re.compile(models.IDEMPOTENCY_KEY)
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"  # "true" on the answer of a repeat
+_NOT_FINGERPRINTED = ("key", "idempotency_key")  # the scope and the key itself
 DOC = (
     "Parameters come from the query string and, for POST, from a JSON object or"
     " url-encoded form body (the body wins; of a repeated parameter the last wins)."
     " `key` (or the path) and `caller_number` or `call_uuid` are required; every other"
     f" parameter is a tag: names of 1-64 of A-Z a-z 0-9 _ . - (folded to lower case),"
-    f" values up to {MAX_TAG_VALUE_BYTES} bytes, at most {MAX_TAGS} tags."
+    f" values up to {MAX_TAG_VALUE_BYTES} bytes, at most {MAX_TAGS} tags. With an"
+    f" `{IDEMPOTENCY_HEADER}` header or `idempotency_key` parameter, a repeat with the same"
+    " parameters within CALLTAGS_IDEMPOTENCY_SECONDS gets the first answer again (with"
+    f" `{REPLAYED_HEADER}: true`) and writes nothing; the key with other parameters is"
+    " 422 `idempotency_key_reused`."
+)
+BULK_DOC = (
+    f'Up to {MAX_BULK_ITEMS} postbacks in one request: JSON `{{"items": [...]}}`, each item'
+    " a postback's parameters, or `text/csv` with a header row (`caller_number` or"
+    " `call_uuid`, optionally `idempotency_key`, then one column per tag; an empty cell is"
+    " no tag). The key is in the path or the query. The answer is 200 with one result an"
+    " item, in item order: its `http_status` and the body a single postback of it gets;"
+    " an item's error fails no other. Each item is logged, and counts against the key's"
+    " rate limit, as one postback."
 )
 
 
@@ -82,14 +127,22 @@ def _form_pairs(body: bytes) -> list[tuple[str, str]]:
 
 def path_key(path: str) -> str | None:
     """The key in a /data_writing/{key} path; "" for /data_writing; None for any other
-    path (a slash in the key, an empty key)."""
+    path (a slash in the key, an empty key, a bulk path)."""
     if path == PATH:
         return ""
     if path.startswith(_KEYED):
         key = path[len(_KEYED) :]
-        if key and "/" not in key:
+        if key and "/" not in key and key != BULK[1:]:
             return key
     return None
+
+
+def bulk_path_key(path: str) -> str | None:
+    """The key in a /data_writing/{key}/bulk path; "" for /data_writing/bulk; None for
+    any other path."""
+    if not path.endswith(BULK):
+        return None
+    return path_key(path[: -len(BULK)])
 
 
 def _query(posted: Incoming) -> dict[str, str]:
@@ -168,7 +221,13 @@ class _Outcome:
         self.logged = False  # the store appended the log entry with the write
 
 
-def _entry(req: Incoming, out: _Outcome, failure: ApiError | None, status: str | None) -> bytes:
+def _entry(
+    req: Incoming,
+    out: _Outcome,
+    failure: ApiError | None,
+    status: str | None,
+    replayed: bool = False,
+) -> bytes:
     tags = out.tags
     checked = tags is not None
     if tags is None:
@@ -192,6 +251,7 @@ def _entry(req: Incoming, out: _Outcome, failure: ApiError | None, status: str |
             user_agent=req.header(b"user-agent"),
             latency_us=(time.perf_counter_ns() - req.started_ns) // 1000,
             tags_checked=checked,
+            replayed=replayed,
         )
     )
 
@@ -250,12 +310,37 @@ def _note_caller(out: _Outcome, params: dict[str, str], region: str) -> None:
             out.caller_number = phone.normalize(out.caller_raw, region)
 
 
-async def _handle(
+def _verified(
+    svc: Services, req: Incoming, out: _Outcome, key: KeyInfo | None, body: bytes
+) -> KeyInfo:
+    """The key, once it may post this request: not paused, from an allowed address, with
+    a valid signature when it wants one (or one is presented)."""
+    if key is None:
+        raise ApiError("missing_key")
+    _admit(key, req)
+    presented = req.header(_SIGNATURE)
+    if key.require_signature or presented:
+        signing.verify(
+            key.signing_secret,
+            timestamp=req.header(_TIMESTAMP),
+            presented=presented,
+            method=req.method,
+            path=req.path,
+            query=req.query.decode("latin-1"),
+            body=body,
+            now=out.received_ms / 1000,
+            tolerance=svc.settings.signature_tolerance_seconds,
+        )
+    return key
+
+
+async def _post(
     svc: Services, req: Incoming, out: _Outcome, key: KeyInfo | None = None
-) -> PostbackAnswer:
-    """Write a postback's tags. The key is recognised as soon as it is read (from the
-    path, then the query, or the body), so that every refusal after that, the body's
-    included, is logged under it. `key`: the key, already known (a console test)."""
+) -> tuple[PostbackAnswer, bool]:
+    """Read a single postback and write its tags; (answer, replayed). The key is
+    recognised as soon as it is read (from the path, then the query, or the body), so
+    that every refusal after that, the body's included, is logged under it. `key`: the
+    key, already known (a console test)."""
     region = svc.settings.default_region
     in_path = path_key(req.path)
     out.params = params = _query(req)
@@ -278,31 +363,59 @@ async def _handle(
         out.key = key = await _recognise(svc, req, secret)
     elif refused is not None:
         raise refused
-    if key is None:
-        raise ApiError("missing_key")
-    _admit(key, req)
-    presented = req.header(_SIGNATURE)
-    if key.require_signature or presented:
-        signing.verify(
-            key.signing_secret,
-            timestamp=req.header(_TIMESTAMP),
-            presented=presented,
-            method=req.method,
-            path=req.path,
-            query=req.query.decode("latin-1"),
-            body=raw_body,
-            now=out.received_ms / 1000,
-            tolerance=svc.settings.signature_tolerance_seconds,
+    key = _verified(svc, req, out, key, raw_body)
+    header = req.header(_IDEMPOTENCY)
+    if header is not None and params.setdefault("idempotency_key", header) != header:
+        raise ApiError(
+            "invalid_idempotency_key",
+            f"the {IDEMPOTENCY_HEADER} header and the idempotency_key parameter differ",
         )
+    return await _handle(svc, req, out, key, params)
 
+
+def _idempotent(params: dict[str, str], given: str, until_ms: int, answer: bytes) -> Idempotent:
+    """The records' names and the fingerprint of an idempotent postback's parameters."""
+    named = sorted((k, v) for k, v in params.items() if k not in _NOT_FINGERPRINTED)
+    return Idempotent(
+        token=hashlib.blake2b(given.encode(), digest_size=16).hexdigest(),
+        fingerprint=hashlib.blake2b(orjson.dumps(named), digest_size=16).digest(),
+        until_ms=until_ms,
+        answer=answer,
+    )
+
+
+def _answered(
+    tags: dict[str, str], caller: str, dropped: list[str], result: PostbackResult
+) -> PostbackAnswer:
+    return PostbackAnswer(
+        tag_values=tags,
+        caller_number=caller,
+        status=result.status,  # type: ignore[arg-type]
+        call_uuid=result.call_uuid if result.call_uuid is not None else UNSET,
+        expires_at=iso_ms(result.expires_at_ms) if result.expires_at_ms is not None else UNSET,
+        dropped_tags=dropped or UNSET,
+    )
+
+
+async def _handle(
+    svc: Services, req: Incoming, out: _Outcome, key: KeyInfo, params: dict[str, str]
+) -> tuple[PostbackAnswer, bool]:
+    """Write one postback's tags, given its parameters and the key it may post with;
+    (answer, replayed): a repeat of an idempotent postback gets the first one's answer.
+    A single post and every item of a bulk post come here."""
     out.call_uuid = call_uuid = params.get("call_uuid") or None
     caller_raw = out.caller_raw
     if call_uuid is None and caller_raw is None:
         raise ApiError("missing_caller")
-    caller = phone.normalize(caller_raw, region) if caller_raw is not None else None
+    caller = out.caller_number  # as _note_caller normalized it
+    if caller is None and caller_raw is not None:  # not a number: refused now, in its turn
+        caller = phone.normalize(caller_raw, svc.settings.default_region)
     out.tags = tags = _tags(params)
     tags, dropped = await svc.tag_schemas.conform(key, tags)  # checked, in canonical text
     out.tags = tags
+    given = params.get("idempotency_key")
+    if given is not None and not IDEMPOTENCY_KEY.fullmatch(given):
+        raise ApiError("invalid_idempotency_key")
     if call_uuid is not None:
         found = await svc.store.caller_of(call_uuid) if CALL_UUID.fullmatch(call_uuid) else None
         if found is None or (caller is not None and caller != found):
@@ -313,6 +426,10 @@ async def _handle(
     limit = svc.settings.rate_limit
     if key.rate_per_second is not None:
         limit = (key.rate_per_second, key.rate_burst or max(1, int(key.rate_per_second)))
+    idempotent = None
+    if given is not None:
+        until_ms = out.received_ms + svc.settings.idempotency_seconds * 1000
+        idempotent = _idempotent(params, given, until_ms, orjson.dumps([tags, caller, dropped]))
     try:
         result: PostbackResult = await svc.store.write_tags(
             caller,
@@ -324,6 +441,7 @@ async def _handle(
             call_uuid=call_uuid or "",
             log_entry=_entry(req, out, None, None),
             rate=RateLimit(*limit) if limit is not None else None,
+            idempotent=idempotent,
         )
     except CallNotFound as exc:
         out.logged = True
@@ -331,23 +449,30 @@ async def _handle(
     except RateLimited as exc:
         out.logged = True
         raise _rate_limited(exc) from exc
+    except IdempotencyKeyReused as exc:
+        out.logged = True
+        raise ApiError("idempotency_key_reused") from exc
     except WriteUnconfirmed as exc:  # the store logged it as answered 503, with what it did
         out.logged = True
         raise ApiError("unavailable", "the write is not confirmed (it may have happened)") from exc
+    if not result.replayed:
+        out.logged = True
+        return _answered(tags, caller, dropped, result), False
+    assert result.answer is not None
+    first_tags, first_caller, first_dropped = orjson.loads(result.answer)
+    answer = _answered(first_tags, first_caller, first_dropped, result)
+    out.call_uuid = result.call_uuid or call_uuid
+    await svc.store.append_log(_entry(req, out, None, answer.status, replayed=True))
     out.logged = True
-    return PostbackAnswer(
-        tag_values=tags,
-        caller_number=caller,
-        status=result.status,  # type: ignore[arg-type]
-        call_uuid=result.call_uuid if result.call_uuid is not None else UNSET,
-        expires_at=iso_ms(result.expires_at_ms) if result.expires_at_ms is not None else UNSET,
-        dropped_tags=dropped or UNSET,
-    )
+    return answer, True
 
 
 _SIGNATURE = signing.SIGNATURE_HEADER.encode()
 _TIMESTAMP = signing.TIMESTAMP_HEADER.encode()
+_IDEMPOTENCY = IDEMPOTENCY_HEADER.lower().encode()
+_REPLAYED = {REPLAYED_HEADER: "true"}
 _ALLOW = "GET, POST, OPTIONS"
+_ALLOW_BULK = "POST, OPTIONS"
 _ORIGIN = b"origin"
 _PREFLIGHT_METHOD = b"access-control-request-method"
 _PREFLIGHT_HEADERS = b"access-control-request-headers"
@@ -355,6 +480,7 @@ _PREFLIGHT_PRIVATE = b"access-control-request-private-network"
 # CORS for any origin, as lead forms post from anywhere. Every answer differs by Origin.
 _VARY = (b"vary", b"Origin")
 _ANY_ORIGIN = (b"access-control-allow-origin", b"*")
+_EXPOSE = (b"access-control-expose-headers", REPLAYED_HEADER.encode())
 _PREFLIGHT = [
     (
         b"vary",
@@ -372,16 +498,30 @@ async def _answer(svc: Services, req: Incoming, key: KeyInfo | None = None) -> t
 
     What a GET or POST gets, and its outcome (a status string or an error code)."""
     if svc.log.full:  # refused before any write; not logged: the log is what is full
-        svc.log.refused += 1
-        full = ApiError("unavailable", "the postback log is full, retry shortly")
-        return error_answer(full), full.code
+        return _log_full(svc)
     out = _Outcome()
     try:
-        answer = await _handle(svc, req, out, key)
-        return (200, encode(answer), None), answer.status
-    except ApiError as exc:
+        answer, replayed = await _post(svc, req, out, key)
+        return (200, encode(answer), _REPLAYED if replayed else None), answer.status
+    except (ApiError, StoreUnavailable) as exc:
+        failure = await _refused(svc, req, out, exc)
+    return error_answer(failure), failure.code
+
+
+def _log_full(svc: Services) -> tuple[Answer, str]:
+    svc.log.refused += 1
+    full = ApiError("unavailable", "the postback log is full, retry shortly")
+    return error_answer(full), full.code
+
+
+async def _refused(
+    svc: Services, req: Incoming, out: _Outcome, exc: ApiError | StoreUnavailable
+) -> ApiError:
+    """The error a request (or bulk item) that failed with `exc` is answered with, once
+    it is logged."""
+    if isinstance(exc, ApiError):
         failure = exc
-    except StoreUnavailable as exc:
+    else:
         log.warning("store unavailable: %s", exc)
         failure = ApiError("unavailable")
         out.logged = False  # the write may not have happened: log what the client saw
@@ -390,7 +530,131 @@ async def _answer(svc: Services, req: Incoming, key: KeyInfo | None = None) -> t
             await svc.store.append_log(_entry(req, out, failure, None))
         except StoreUnavailable:
             failure = ApiError("unavailable")
-    return error_answer(failure), failure.code
+    return failure
+
+
+# -- bulk posts ------------------------------------------------------------------------
+
+_CSV = "text/csv"
+
+
+def _json_items(body: bytes) -> list[dict[str, Any]]:
+    try:
+        items: list[dict[str, Any]] = msgspec.json.decode(body, type=BulkBody).items
+        return items
+    except msgspec.ValidationError as exc:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            found = orjson.loads(body).get("items") if body.lstrip()[:1] == b"{" else None
+            if isinstance(found, list) and len(found) > MAX_BULK_ITEMS:
+                raise _too_many() from exc
+        raise ApiError("invalid_body", str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise ApiError("invalid_body", "the body is not valid JSON") from exc
+
+
+def _too_many() -> ApiError:
+    return ApiError("too_many_items", f"at most {MAX_BULK_ITEMS} items a bulk post")
+
+
+def _csv_items(body: bytes) -> list[dict[str, Any]]:
+    """The rows of a CSV body with a header row, as items: an empty cell is no tag."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ApiError("invalid_body", "the CSV body is not valid UTF-8") from exc
+    rows = csv.reader(io.StringIO(text, newline=""), strict=True)
+    items: list[dict[str, Any]] = []
+    try:
+        header = [name.strip() for name in next(rows, [])]
+        if "caller_number" not in header and "call_uuid" not in header:
+            raise ApiError("invalid_body", "the CSV header names no caller_number or call_uuid")
+        if "" in header or len(set(header)) < len(header):
+            raise ApiError("invalid_body", "the CSV header has an empty or repeated column")
+        for row in rows:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise ApiError(
+                    "invalid_body",
+                    f"CSV line {rows.line_num} has {len(row)} cells, the header {len(header)}",
+                )
+            if len(items) == MAX_BULK_ITEMS:
+                raise _too_many()
+            items.append({name: cell for name, cell in zip(header, row, strict=True) if cell})
+    except csv.Error as exc:
+        raise ApiError("invalid_body", f"CSV line {rows.line_num}: {exc}") from exc
+    return items
+
+
+async def _bulk_request(
+    svc: Services, req: Incoming, out: _Outcome
+) -> tuple[KeyInfo, list[dict[str, Any]]]:
+    """A bulk post's key, once it may post, and its items."""
+    out.params = params = _query(req)
+    secret = bulk_path_key(req.path) or params.get("key")
+    key = None
+    if secret:
+        out.secret = secret
+        out.key = key = await _recognise(svc, req, secret)
+    body = await req.body(MAX_BULK_BODY_BYTES)
+    key = _verified(svc, req, out, key, body)
+    if set(params) - {"key"}:
+        raise ApiError("invalid_query", "a bulk post's query takes only key")
+    if _IDEMPOTENCY in req.headers:
+        raise ApiError(
+            "invalid_idempotency_key",
+            f"a bulk post's items carry their own idempotency_key, not {IDEMPOTENCY_HEADER}",
+        )
+    content_type = (req.header(b"content-type") or "").split(";")[0].strip().lower()
+    if content_type == _CSV:
+        return key, _csv_items(body)
+    if content_type == "application/json" or content_type.endswith("+json"):
+        return key, _json_items(body)
+    raise ApiError("unsupported_media_type", "post JSON items or text/csv")
+
+
+async def _bulk_item(
+    svc: Services, req: Incoming, key: KeyInfo, item: dict[str, Any]
+) -> tuple[bytes, str]:
+    """One item's result (its HTTP status and the body a single postback of it gets),
+    and its outcome."""
+    out = _Outcome()
+    out.key = key
+    try:
+        out.params = params = {name: _text(name, value) for name, value in item.items()}
+        _note_caller(out, params, svc.settings.default_region)
+        if "key" in params:
+            raise ApiError(
+                "invalid_body", "a bulk item cannot name a key: the post's key is every item's"
+            )
+        answer, replayed = await _handle(svc, req, out, key, params)
+    except (ApiError, StoreUnavailable) as exc:
+        failure = await _refused(svc, req, out, exc)
+        status, body, _ = error_answer(failure)
+        return b'{"http_status":%d,%s' % (status, body[1:]), failure.code
+    body = encode(answer)
+    marked = b',"replayed":true}' if replayed else b"}"
+    return b'{"http_status":200,%s%s' % (body[1:-1], marked), answer.status
+
+
+async def _answer_bulk(svc: Services, req: Incoming) -> tuple[Answer, list[str]]:
+    """Write the tags of many postbacks.
+
+    What a bulk post gets, and the outcome of each item (of the post when it is refused
+    as a whole)."""
+    if svc.log.full:
+        answer, outcome = _log_full(svc)
+        return answer, [outcome]
+    out = _Outcome()
+    try:
+        key, items = await _bulk_request(svc, req, out)
+    except (ApiError, StoreUnavailable) as exc:
+        failure = await _refused(svc, req, out, exc)
+        return error_answer(failure), [failure.code]
+    # Together, so that the items' commands travel to Redis in few auto-pipeline batches.
+    done = await asyncio.gather(*(_bulk_item(svc, req, key, item) for item in items))
+    body = b'{"results":[' + b",".join(result for result, _ in done) + b"]}"
+    return (200, body, None), [outcome for _, outcome in done]
 
 
 def _preflight(req: Incoming) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -421,6 +685,15 @@ _TAGS_PARAMETER = {
 }
 
 
+_IDEMPOTENCY_PARAMETER = {
+    "name": IDEMPOTENCY_HEADER,
+    "in": "header",
+    "description": "as the idempotency_key parameter (the two may not differ); a repeat's"
+    f" answer carries {REPLAYED_HEADER}: true",
+    "schema": {"type": "string", "pattern": f"^{models.IDEMPOTENCY_KEY}$"},
+}
+
+
 def _unroutable(path: str) -> ApiError:
     return ApiError("not_found", f"no route {path[:200]!r}: a key holds no slash")
 
@@ -433,12 +706,25 @@ for _path in (PATH, PATH + "/{key}"):
             _method, _path, query=PostbackParams, response=PostbackAnswer,
             body=PostbackParams if _method == "POST" else None,
             errors=tuple(code for code in LOGGED_CODES if code != "undecodable_entry"),
-            doc={"description": DOC, "parameters": [_TAGS_PARAMETER]},
+            doc={"description": DOC, "parameters": [_TAGS_PARAMETER, _IDEMPOTENCY_PARAMETER]},
         )(_answer)  # fmt: skip
+_CSV_BODY = {"schema": {"type": "string", "description": "a header row, then one row an item"}}
+for _path in (PATH + BULK, PATH + "/{key}" + BULK):
+    ROUTES.route(
+        "POST", _path, query=BulkParams, body=BulkBody, response=BulkAnswer,
+        errors=tuple(code for code in LOGGED_CODES if code != "undecodable_entry"),
+        doc={
+            "description": BULK_DOC,
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/BulkBody"}},
+                _CSV: _CSV_BODY,
+            }},
+        },
+    )(_answer_bulk)  # fmt: skip
 
 
 class PublisherApi:
-    """The ASGI app of /data_writing and /data_writing/{key}."""
+    """The ASGI app of /data_writing, /data_writing/{key} and their /bulk."""
 
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
@@ -451,14 +737,19 @@ class PublisherApi:
         req = Incoming(scope, receive)
         method = req.method
         route = PATH if req.path == PATH else PATH + "/{key}"
-        cors = [_VARY, _ANY_ORIGIN] if _ORIGIN in req.headers else [_VARY]
+        cors = [_VARY, _ANY_ORIGIN, _EXPOSE] if _ORIGIN in req.headers else [_VARY]
         headers: dict[str, str] | None = None
-        if path_key(req.path) is None:
+        bulk = bulk_path_key(req.path)
+        allow = _ALLOW if bulk is None else _ALLOW_BULK
+        if bulk is not None:
+            route = PATH + BULK if bulk == "" else PATH + "/{key}" + BULK
+        if bulk is None and path_key(req.path) is None:
             status, body, headers = error_answer(_unroutable(req.path))
             route = UNMATCHED
-        elif method == "GET" or method == "POST":
-            (status, body, headers), outcome = await self.answer(req)
-            self.metrics.outcome(outcome)
+        elif method == "POST" or (method == "GET" and bulk is None):
+            (status, body, headers), outcomes = await self.answer(req, bulk is not None)
+            for outcome in outcomes:
+                self.metrics.outcome(outcome)
             self.metrics.postback_latency.observe(req.seconds())
         elif method == "OPTIONS" and _ORIGIN in req.headers and _PREFLIGHT_METHOD in req.headers:
             status, body, raw = _preflight(req)
@@ -467,23 +758,27 @@ class PublisherApi:
             await send({"type": "http.response.body", "body": body})
             return
         elif method == "OPTIONS":
-            status, body, headers = 204, b"", {"Allow": _ALLOW}
+            status, body, headers = 204, b"", {"Allow": allow}
         else:
-            refused = ApiError("method_not_allowed", f"{route} takes {_ALLOW}", {"Allow": _ALLOW})
+            refused = ApiError("method_not_allowed", f"{route} takes {allow}", {"Allow": allow})
             status, body, headers = error_answer(refused)
         self.metrics.request(_API, route, method, status)
         await send_json(send, status, body, headers, cors)
 
-    async def answer(self, req: Incoming) -> tuple[Answer, str]:
-        """What a GET or POST gets (bugs included), and its outcome."""
+    async def answer(self, req: Incoming, bulk: bool = False) -> tuple[Answer, list[str]]:
+        """What a GET or POST, or a bulk POST, gets (bugs included), and the outcome of
+        each postback it carries."""
         svc = self.services
         assert svc is not None, "the publisher API answers once the front has started"
         try:
-            return await _answer(svc, req)
+            if bulk:
+                return await _answer_bulk(svc, req)
+            answer, outcome = await _answer(svc, req)
+            return answer, [outcome]
         except Exception:
             log.exception("%s %s failed", req.method, req.path[:64])
             internal = ApiError("internal_error")
-            return error_answer(internal), internal.code
+            return error_answer(internal), [internal.code]
 
 
 CONSOLE_AGENT = "calltags console (test a key)"  # the user agent its postbacks are logged with

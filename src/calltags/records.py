@@ -39,7 +39,7 @@ _STATUS_GROUPS = dict(zip(STATUS_GROUPS, ("error IS NULL", "error IS NOT NULL"),
 _POSTBACK_SELECT = (
     "SELECT received_at, id, method, publisher_id, key_id, key_prefix, caller_raw,"
     " caller_number, call_uuid, tags, status, error, http_status, remote_addr, user_agent,"
-    " latency_us, message FROM postbacks"
+    " latency_us, message, replayed FROM postbacks"
 )
 _CALL_SELECT = (
     "SELECT call_uuid, caller_number, publisher_id, campaign, state, started_at, ended_at,"
@@ -181,7 +181,7 @@ class Records(StoreBoundary):
     async def postbacks(self, filters: PostbackFilters, region: str) -> PostbackPage:
         """A page of the postback log; ApiError 422 `invalid_request` for a bad filter."""
         query = _common(filters, region, "received_at", "id")
-        _equal(query, filters, ("publisher_id", "key_id", "call_uuid"))
+        _equal(query, filters, ("publisher_id", "key_id", "call_uuid", "replayed"))
         if filters.status is not None:
             _status(query, filters.status)
         items, cursor = await self._page(

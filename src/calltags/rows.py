@@ -46,7 +46,7 @@ Row: TypeAlias = tuple[Any, ...]
 POSTBACK_COLUMNS = (
     "received_at", "id", "method", "publisher_id", "key_id", "key_prefix", "caller_raw",
     "caller_number", "call_uuid", "tags", "status", "error", "http_status", "remote_addr",
-    "user_agent", "latency_us", "message",
+    "user_agent", "latency_us", "message", "replayed",
 )  # fmt: skip
 _POSTBACK_VALUES = itemgetter(*POSTBACK_COLUMNS)
 CALL_COLUMNS = (
@@ -154,6 +154,7 @@ def postback_row(entry: dict[str, Any]) -> Row:
         _text(entry.get("user_agent")),
         _int(entry.get("latency_us")),
         _text(entry.get("message")),
+        entry.get("replayed") is True,
     )
 
 
@@ -171,6 +172,7 @@ def undecodable_row(stream: str, entry_id: bytes, raw: bytes | None) -> Row:
         0,
         *(None,) * 3,
         ERRORS["undecodable_entry"].message,
+        False,
     )
 
 

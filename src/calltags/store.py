@@ -4,7 +4,7 @@
 `ClusterStore` differ in how a postback's rate limit, log entry and a call's snapshot
 reach Redis. `open_store` picks one by the client's type, once, at start. Every public
 coroutine of a store raises StoreUnavailable, never a driver error, when Redis cannot
-answer; CallNotFound and RateLimited are answers, not failures.
+answer; CallNotFound, RateLimited and IdempotencyKeyReused are answers, not failures.
 
 With a ReplicaAck (CALLTAGS_WRITE_ACK=replica) every write is followed by a WAIT on the
 connection that carried it: once per auto-pipeline batch on one node, once per command
@@ -57,16 +57,18 @@ STATUS_STORED = "call not found, tags stored"
 STATUS_LIVE = "call in progress, tags applied"
 STATUS_COMPLETED = "completed call found, tags applied"
 _POSTBACK_STATUS = {0: STATUS_STORED, 1: STATUS_LIVE, 2: STATUS_COMPLETED}
-# What an outcome code of the postback write script (postback-4.lua) means for the
+# What an outcome code of the postback write script (postback-5.lua) means for the
 # request: (status, error code, HTTP status). The web process answers from it and the
 # workers log from it (a log entry's field r), so the two cannot disagree.
 POSTBACK_OUTCOMES: dict[int, tuple[str | None, str | None, int]] = {
     **{code: (status, None, 200) for code, status in _POSTBACK_STATUS.items()},
     -1: (None, "call_not_found", 404),
     -2: (None, "rate_limited", 429),
+    -3: (None, "idempotency_key_reused", 422),
 }
+REPLAYED = 3  # the script's code of an idempotent postback's repeat (never logged as r)
 # Fields of a postback log entry (stream {prefix}log:{N}): the entry's JSON; the outcome
-# code of the write script when the script decided it (see postback-4.lua); and the call
+# code of the write script when the script decided it (see postback-5.lua); and the call
 # the tags went to, as stored.
 ENTRY_FIELD = b"e"
 OUTCOME_FIELD = b"r"
@@ -106,6 +108,21 @@ class PostbackResult:
     status: str
     call_uuid: str | None = None
     expires_at_ms: int | None = None
+    # A repeat of an idempotent postback: the first one's result, and its `answer`.
+    replayed: bool = False
+    answer: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Idempotent:
+    """An idempotent postback: its idempotency key's `token` (a hash naming its records),
+    the `fingerprint` of its parameters, when the records expire, and the `answer`'s
+    parts the write does not decide, kept for the repeats."""
+
+    token: str
+    fingerprint: bytes
+    until_ms: int
+    answer: bytes
 
 
 @dataclass(frozen=True)
@@ -126,6 +143,10 @@ _STREAM_PAGE = 1000  # entries a stream is read by when redacting
 
 class CallNotFound(Exception):
     pass
+
+
+class IdempotencyKeyReused(Exception):
+    """The idempotency key's first postback had other parameters; nothing written."""
 
 
 class RateLimited(Exception):
@@ -179,9 +200,12 @@ def call_from_doc(doc: dict[str, Any]) -> Call:
     )
 
 
-# Arguments of postback-4.lua that a store reads or fills in (ARGV[1], ARGV[8]).
+# Arguments of postback-5.lua that a store reads or fills in (ARGV[1], ARGV[8..11]).
 _ARG_NOW = 0
 _ARG_LOG_ENTRY = 7
+_ARG_OPTIONAL = 8  # the letters naming the optional keys
+_ARG_FINGERPRINT = 9  # of an idempotent postback only
+_ARG_IDEMPOTENT_UNTIL = 10
 # A postback key's token bucket (its Redis key) and rate.
 _Bucket: TypeAlias = tuple[str, RateLimit]
 
@@ -195,7 +219,7 @@ class Store(StoreBoundary, ABC):
         self.redis = redis
         self.keys = keys
         self.call_ttl_ms = call_ttl_seconds * SECOND_MS
-        self._postback = scripts.register(redis, "postback-4.lua")
+        self._postback = scripts.register(redis, "postback-5.lua")
         self._connect = scripts.register(redis, "connect-3.lua")
         self._end = scripts.register(redis, "end-2.lua")
         self._fail = scripts.register(redis, "fail-1.lua")
@@ -221,10 +245,16 @@ class Store(StoreBoundary, ABC):
 
     @abstractmethod
     def _write_postback(
-        self, keys: list[str], args: list[Any], entry: bytes | None, bucket: _Bucket | None
+        self,
+        keys: list[str],
+        args: list[Any],
+        entry: bytes | None,
+        bucket: _Bucket | None,
+        claim: str | None,
     ) -> Awaitable[list[Any]]:
-        """postback-4.lua's reply for the caller's keys and `args` (ARGV[8] empty), the log
-        `entry` appended and the key's `bucket` asked on the way (see write_tags)."""
+        """postback-5.lua's reply for the caller's keys (and idempotency record) and
+        `args` (ARGV[8] empty), the log `entry` appended, the key's `bucket` asked and the
+        idempotency `claim` made on the way (see write_tags)."""
 
     @abstractmethod
     def _with_snapshot(self, keys: list[str], shard: str) -> list[str]:
@@ -251,7 +281,7 @@ class Store(StoreBoundary, ABC):
         one, marked with the answer; whether Redis took it. If not, the entry the write
         appended (if any) stands: Redis holds what it says."""
         fields: list[Any] = [ENTRY_FIELD, entry]
-        if isinstance(reply, list) and reply and isinstance(reply[0], int):
+        if isinstance(reply, list) and reply and reply[0] in POSTBACK_OUTCOMES:
             fields += [OUTCOME_FIELD, reply[0]]
             if len(reply) > 2:
                 fields += [CALL_FIELD, reply[2]]
@@ -277,16 +307,24 @@ class Store(StoreBoundary, ABC):
         at_ms: int | None = None,
         log_entry: bytes | None = None,
         rate: RateLimit | None = None,
+        idempotent: Idempotent | None = None,
     ) -> PostbackResult:
         """Apply tags to the caller's live or recent call, or keep them pending.
 
         With `call_uuid`, the post addresses that call; CallNotFound if the caller has none.
         With `log_entry`, the entry (without its outcome) lands in the postback log with the
-        outcome, whatever it is, before this returns or raises. With `rate`, the key's token
-        bucket is asked first; RateLimited if empty, and nothing is written.
+        outcome, whatever it is, before this returns or raises, unless the result is a
+        replay (the caller logs it). With `rate`, the key's token bucket is asked first;
+        RateLimited if empty, and nothing is written. With `idempotent`, a repeat writes
+        nothing and gets the first write's result, `replayed`;
+        IdempotencyKeyReused if the key's first postback had another fingerprint.
         """
         now = now_ms() if at_ms is None else at_ms
         keys = [self.keys.pending(caller), self.keys.calls(caller)]
+        claim: str | None = None
+        if idempotent is not None:
+            keys.append(self.keys.replay(caller, key_id, idempotent.token))
+            claim = self.keys.idempotency(key_id, idempotent.token)
         args: list[str | int | float | bytes] = [
             now,
             cutoff_seconds * SECOND_MS,
@@ -296,13 +334,17 @@ class Store(StoreBoundary, ABC):
             rate.per_second if rate is not None else 0,
             rate.burst if rate is not None else 0,
             b"",
+            "",
         ]
+        if idempotent is not None:  # the answer record and its arguments (see the script)
+            args[_ARG_OPTIONAL] = "i"
+            args += [idempotent.fingerprint, idempotent.until_ms, idempotent.answer]
         for name, value in tags.items():
             args.append(name)
             args.append(encode_tag(value, publisher_id, key_id, now))
         bucket = (self.keys.rate_bucket(key_id), rate) if rate is not None else None
         try:
-            code, detail, *_ = await self._write_postback(keys, args, log_entry, bucket)
+            reply = await self._write_postback(keys, args, log_entry, bucket, claim)
         except Unconfirmed as exc:
             if log_entry is not None:
                 await self._log_unconfirmed(log_entry, exc.reply)
@@ -314,14 +356,24 @@ class Store(StoreBoundary, ABC):
             if log_entry is not None and await self._log_unconfirmed(log_entry, None):
                 raise WriteUnconfirmed(f"{type(exc).__name__}: {exc}") from exc
             raise
+        code, detail = reply[0], reply[1]
         if code == -2:
             assert rate is not None
             raise RateLimited(int(detail), rate.per_second, rate.burst)
+        if code == -3:
+            raise IdempotencyKeyReused(call_uuid)
         if code < 0:
             raise CallNotFound(call_uuid)
+        answer, replayed = None, code == REPLAYED
+        if replayed:  # the first write's outcome and detail, and its answer
+            code, detail, answer = reply[1:4]
         if code == 0:
-            return PostbackResult(STATUS_STORED, expires_at_ms=int(detail))
-        return PostbackResult(_POSTBACK_STATUS[code], call_uuid=detail.decode())
+            return PostbackResult(
+                STATUS_STORED, expires_at_ms=int(detail), replayed=replayed, answer=answer
+            )
+        return PostbackResult(
+            _POSTBACK_STATUS[code], call_uuid=detail.decode(), replayed=replayed, answer=answer
+        )
 
     async def count_failure(self, address: str, window_ms: int) -> tuple[int, int]:
         """Count a failed key attempt from `address`; (attempts in the window, ms left)."""
@@ -399,7 +451,8 @@ class Store(StoreBoundary, ABC):
         return int(await self._queue_eval(self._retract, [self.keys.pending(caller)], args))
 
     async def erase_caller(self, caller: str) -> tuple[int, int]:
-        """Delete the caller's pending tags and calls, and the calls' lookup keys;
+        """Delete the caller's pending tags and calls, the calls' lookup keys and the
+        caller's idempotency records (their answers hold the number and tags);
         (pending tags, calls) deleted."""
         keys = [self.keys.pending(caller), self.keys.calls(caller)]
         pending, *uuids = await self._queue_eval(self._erase, keys, [])
@@ -407,6 +460,9 @@ class Store(StoreBoundary, ABC):
             await self._together(
                 *(self._queue("DEL", self.keys.call_index(uuid.decode())) for uuid in uuids)
             )
+        # Named by idempotency keys the store cannot know: found by SCAN (an erase is rare).
+        async for name in self.redis.scan_iter(match=self.keys.replays_of(caller), count=1000):
+            await self._queue("DEL", name)
         return int(pending), len(uuids)
 
     async def redact_streams(self, redact: Redaction) -> int:
@@ -470,13 +526,25 @@ class NodeStore(Store):
             raise
 
     def _write_postback(
-        self, keys: list[str], args: list[Any], entry: bytes | None, bucket: _Bucket | None
+        self,
+        keys: list[str],
+        args: list[Any],
+        entry: bytes | None,
+        bucket: _Bucket | None,
+        claim: str | None,
     ) -> Awaitable[list[Any]]:
-        if entry is not None:  # KEYS[4], the bucket, only after KEYS[3], the log shard
+        optional = str(args[_ARG_OPTIONAL])
+        if claim is not None:
+            keys.append(claim)
+            optional += "f"
+        if entry is not None:
             keys.append(next(self._log_shards))
             args[_ARG_LOG_ENTRY] = entry
-            if bucket is not None:
-                keys.append(bucket[0])
+            optional += "l"
+        if bucket is not None:
+            keys.append(bucket[0])
+            optional += "b"
+        args[_ARG_OPTIONAL] = optional
         return self._pipe.evalsha(self._postback, keys, args)
 
     def _with_snapshot(self, keys: list[str], shard: str) -> list[str]:
@@ -507,6 +575,7 @@ class ClusterStore(Store):
     ):
         super().__init__(redis, keys, call_ttl_seconds)
         self._ratelimit = scripts.register(redis, "ratelimit-1.lua")
+        self._claim_script = scripts.register(redis, "claim-1.lua")
         self._ack = ack
 
     def _queue_eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
@@ -570,7 +639,12 @@ class ClusterStore(Store):
         return await asyncio.gather(*replies)
 
     async def _write_postback(
-        self, keys: list[str], args: list[Any], entry: bytes | None, bucket: _Bucket | None
+        self,
+        keys: list[str],
+        args: list[Any],
+        entry: bytes | None,
+        bucket: _Bucket | None,
+        claim: str | None,
     ) -> list[Any]:
         logged = (next(self._log_shards), entry) if entry is not None else None
         reply: list[Any] | None = None
@@ -580,9 +654,11 @@ class ClusterStore(Store):
             left = await self._ratelimit(keys=[name], args=limit)  # a token needs no replica
             if left < 0:  # answered as the postback script answers a refusal
                 reply = [-2, -left]
+        if reply is None and claim is not None and not await self._claim(claim, args):
+            reply = [-3, b""]
         if reply is None:
             reply = await self._queue_eval(self._postback, keys, args)
-        if logged is not None:
+        if logged is not None and reply[0] != REPLAYED:
             code, _, *call_json = reply
             try:
                 await self._log_outcome(*logged, code, call_json[0] if call_json else None)
@@ -590,10 +666,22 @@ class ClusterStore(Store):
                 raise Unconfirmed(reply, exc.replicas, exc.wanted) from exc
         return reply
 
+    async def _claim(self, claim: str, args: list[Any]) -> bool:
+        """Whether the idempotency key is this postback's: claimed now with its
+        fingerprint, or claimed before with the same one (claim-1.lua, as postback-5.lua
+        claims it on one node). The claim only tells parameters apart: the write is decided in the
+        caller's slot, so a claim that a failover loses costs no second write."""
+        given = [args[_ARG_FINGERPRINT], args[_ARG_IDEMPOTENT_UNTIL]]
+        try:
+            mine = await self._queue_eval(self._claim_script, [claim], given)
+        except Unconfirmed as exc:
+            mine = exc.reply
+        return bool(mine)
+
     async def _log_outcome(
         self, shard: str, entry: bytes, code: int, call_json: bytes | None
     ) -> None:
-        """The log entry with the outcome, as postback-4.lua appends it on one node."""
+        """The log entry with the outcome, as postback-5.lua appends it on one node."""
         fields: list[Any] = [ENTRY_FIELD, entry, OUTCOME_FIELD, code]
         if call_json is not None:
             fields += [CALL_FIELD, call_json]

@@ -1,6 +1,6 @@
 --[[
   ratelimit-1: take one token from a postback key's bucket. Used where the bucket cannot
-  be passed to postback-4.lua (Redis Cluster: another slot than the caller's keys).
+  be passed to postback-5.lua (Redis Cluster: another slot than the caller's keys).
 
   Input:
     KEYS[1]  the key's token bucket   {prefix}rate:{key_id}
