@@ -67,6 +67,12 @@ async def test_the_key_forms_choose_a_tag_schema(
     )  # fmt: skip
     assert refused.status_code == 422
     assert texts(refused.text, "message") == ["tag_schema: no tag schema 'nosuch'"]
+    # The key's own form takes the field too (its KeyUpdate): refused the same way.
+    refused = await client.post(
+        f"/console/keys/{key_id}", data=browser.form(tag_schema="nosuch"), headers=browser.headers
+    )
+    assert refused.status_code == 422, refused.text
+    assert texts(refused.text, "message") == ["tag_schema: no tag schema 'nosuch'"]
     forged = await client.post(
         f"/console/keys/{key_id}/tag_schema", data={"tag_schema": name}, headers=browser.headers
     )

@@ -289,7 +289,8 @@ async def update_key(page: Page) -> Response:
     """Change a key (pause or resume it); then back to its publisher's page."""
 
     async def update(key: Key) -> Response:
-        await page.svc.publishers.update_key(key.id, page.form(KeyUpdate))
+        with missing_is_404():  # a tag schema named that does not exist: 422
+            await page.svc.publishers.update_key(key.id, page.form(KeyUpdate))
         return _back(key)
 
     return await _on_key(page, update)
