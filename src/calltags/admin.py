@@ -50,8 +50,13 @@ def missing_is_404() -> Iterator[None]:
         raise ApiError("publisher_not_found", f"no publisher {exc.args[0]}") from exc
     except KeyNotFound as exc:
         raise ApiError("key_not_found", f"no usable key {exc.args[0]}") from exc
-    except TagSchemaNotFound as exc:  # named in a key's body: the body is wrong
-        raise ApiError("invalid_request", f"tag_schema: no tag schema {exc.args[0]!r}") from exc
+    except TagSchemaNotFound as exc:
+        raise unknown_schema(exc) from exc
+
+
+def unknown_schema(exc: TagSchemaNotFound) -> ApiError:
+    """A key's body (or form) names a tag schema that does not exist: the body is wrong."""
+    return ApiError("invalid_request", f"tag_schema: no tag schema {exc.args[0]!r}")
 
 
 def public_base(svc: Services, request: Request) -> str:

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from calltags import forms, pages, postbacks, session
-from calltags.admin import missing_is_404, path_id, public_base
+from calltags.admin import missing_is_404, path_id, public_base, unknown_schema
 from calltags.errors import ApiError
 from calltags.http import read_body
 from calltags.models import (
@@ -41,6 +41,7 @@ from calltags.operations import Api, Auth, Routes
 from calltags.pages import Page, Refusal, redirect
 from calltags.publishers import KeyNotFound, example_url
 from calltags.services import Services, services
+from calltags.tagschemas import TagSchemaNotFound
 
 ROUTES = Routes(Api.ADMIN, Auth.SESSION)
 URL_CALLER = "CALLER_NUMBER"  # the placeholder of the ready URL, which the publisher fills
@@ -275,6 +276,8 @@ async def _on_key(page: Page, action: Callable[[Key], Awaitable[Response]]) -> R
         return await action(key)
     except KeyNotFound:  # revoked meanwhile
         refused = ApiError("key_not_found", f"key {key.id} is revoked: it cannot change")
+    except TagSchemaNotFound as exc:  # the form names a schema that is gone
+        refused = unknown_schema(exc)
     except ApiError as exc:
         refused = exc
     return await _publisher(page, key.publisher_id, refused=page.refusal(f"key-{key.id}", refused))
@@ -289,8 +292,7 @@ async def update_key(page: Page) -> Response:
     """Change a key (pause or resume it); then back to its publisher's page."""
 
     async def update(key: Key) -> Response:
-        with missing_is_404():  # a tag schema named that does not exist: 422
-            await page.svc.publishers.update_key(key.id, page.form(KeyUpdate))
+        await page.svc.publishers.update_key(key.id, page.form(KeyUpdate))
         return _back(key)
 
     return await _on_key(page, update)
@@ -304,8 +306,7 @@ async def choose_tag_schema(page: Page) -> Response:
 
     async def choose(key: Key) -> Response:
         chosen = page.form(KeySchemaChoice).tag_schema
-        with missing_is_404():
-            await page.svc.publishers.update_key(key.id, KeyUpdate(tag_schema=chosen))
+        await page.svc.publishers.update_key(key.id, KeyUpdate(tag_schema=chosen))
         return _back(key)
 
     return await _on_key(page, choose)
