@@ -113,6 +113,7 @@ class SentinelSet:
         self.sentinels = [self._sentinel(folder, n) for n in range(3)]
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
         self.url = f"redis+sentinel://{hosts}/{SERVICE}"
+        self._seen: list[tuple[int, int]] = []  # each Sentinel's (other Sentinels, replicas)
 
     def _sentinel(self, folder: Path, n: int) -> Server:
         port = free_port()
@@ -156,7 +157,11 @@ class SentinelSet:
             server.start()
         for server in self.servers[1:]:
             server.wait_ready()
-        await until(self._watching, "the Sentinels see each other and the replica", timeout)
+        try:
+            await until(self._watching, "the Sentinels see each other and the replica", timeout)
+        except AssertionError as exc:  # say what each Sentinel saw
+            seen = f"last seen (other Sentinels, replicas): {self._seen}"
+            raise AssertionError(f"{exc}; {seen}") from exc
         await self.wait_synced(self.replica, timeout)
 
     def restart_as_replica(self, server: Server, primary_port: int) -> None:
@@ -169,12 +174,12 @@ class SentinelSet:
         server.wait_ready()
 
     async def _watching(self) -> bool:
+        self._seen = []
         for sentinel in self.sentinels:
             async with contextlib.aclosing(sentinel.client()) as client:
                 state = await client.sentinel_master(SERVICE)
-            if int(state["num-other-sentinels"]) < 2 or int(state["num-slaves"]) < 1:
-                return False
-        return True
+            self._seen.append((int(state["num-other-sentinels"]), int(state["num-slaves"])))
+        return all(others >= 2 and replicas >= 1 for others, replicas in self._seen)
 
     async def primary_port(self) -> int | None:
         """The primary's port as a majority of the Sentinels name it; None if none has a

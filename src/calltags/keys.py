@@ -51,10 +51,9 @@ class KeySpace:
     def replay(self, caller: str, key_id: int, token: str) -> str:
         return f"{self.prefix}{{{caller}}}:i:{key_id}:{token}"
 
-    def replays_of(self, caller: str) -> str:
-        """The SCAN pattern of the caller's `replay` records."""
-        literal = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.replay(caller, 0, ""))
-        return literal.removesuffix("0:") + "*"
+    def replays(self, caller: str) -> str:
+        """The set of the caller's `replay` records' names (for an erase)."""
+        return f"{self.prefix}{{{caller}}}:is"
 
     def idempotency(self, key_id: int, token: str) -> str:
         return f"{self.prefix}idem:{{{key_id}:{token}}}"

@@ -324,6 +324,7 @@ class Store(StoreBoundary, ABC):
         claim: str | None = None
         if idempotent is not None:
             keys.append(self.keys.replay(caller, key_id, idempotent.token))
+            keys.append(self.keys.replays(caller))
             claim = self.keys.idempotency(key_id, idempotent.token)
         args: list[str | int | float | bytes] = [
             now,
@@ -337,7 +338,7 @@ class Store(StoreBoundary, ABC):
             "",
         ]
         if idempotent is not None:  # the answer record and its arguments (see the script)
-            args[_ARG_OPTIONAL] = "i"
+            args[_ARG_OPTIONAL] = "is"
             args += [idempotent.fingerprint, idempotent.until_ms, idempotent.answer]
         for name, value in tags.items():
             args.append(name)
@@ -460,9 +461,10 @@ class Store(StoreBoundary, ABC):
             await self._together(
                 *(self._queue("DEL", self.keys.call_index(uuid.decode())) for uuid in uuids)
             )
-        # Named by idempotency keys the store cannot know: found by SCAN (an erase is rare).
-        async for name in self.redis.scan_iter(match=self.keys.replays_of(caller), count=1000):
-            await self._queue("DEL", name)
+        # Named by idempotency keys the store cannot know: listed in the caller's set.
+        listed = self.keys.replays(caller)
+        names = await self._queue("SMEMBERS", listed)
+        await self._queue("DEL", listed, *names)  # all in the caller's slot
         return int(pending), len(uuids)
 
     async def redact_streams(self, redact: Redaction) -> int:

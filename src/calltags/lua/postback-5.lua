@@ -28,6 +28,8 @@
     ARGV[9]  one letter for each of KEYS[3], KEYS[4], ...:
                i  the idempotency record {caller}:i:KEY_ID:TOKEN, a hash: the
                   fingerprint f, outcome o, detail d and answer a of the first write
+               s  with i: the set {caller}:is of the caller's records' names, which
+                  lives as long as its longest-lived record (an erase reads it)
                f  the idempotency claim idem:{KEY_ID:TOKEN}: the first fingerprint
                l  the postback log stream
                b  the key's token bucket
@@ -63,6 +65,8 @@ local target = ARGV[5]
 local optional = ARGV[9]
 local at = string.find(optional, 'i', 1, true)
 local record = at and KEYS[2 + at]
+at = string.find(optional, 's', 1, true)
+local records = at and KEYS[2 + at]
 at = string.find(optional, 'f', 1, true)
 local claim = at and KEYS[2 + at]
 at = string.find(optional, 'l', 1, true)
@@ -79,6 +83,10 @@ local function logged(reply, call_json)
   if record and reply[1] >= 0 then
     redis.call('HSET', record, 'f', fingerprint, 'o', reply[1], 'd', reply[2], 'a', ARGV[12])
     redis.call('PEXPIREAT', record, idempotent_until)
+    redis.call('SADD', records, record)
+    if redis.call('PEXPIRETIME', records) < tonumber(idempotent_until) then  -- -1: none yet
+      redis.call('PEXPIREAT', records, idempotent_until)
+    end
   end
   if log_stream then
     if call_json then
