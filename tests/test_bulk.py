@@ -15,7 +15,7 @@ from conftest import ADMIN, Keys, fresh_caller
 from logtools import fetch
 
 from calltags import signing
-from calltags.models import MAX_BULK_ITEMS
+from calltags.models import MAX_BULK_BODY_BYTES, MAX_BULK_ITEMS
 from calltags.sink import Sink
 
 STORED = "call not found, tags stored"
@@ -155,6 +155,9 @@ async def test_refusals_of_the_whole_post(
     csv_headers = {"content-type": "text/csv", **agent}
     assert_error(await client.post(path, content=rows, headers=csv_headers), 422,
                  "too_many_items")  # fmt: skip
+    oversize = f"caller_number,n\r\n{caller},".encode().ljust(MAX_BULK_BODY_BYTES + 1, b"1")
+    assert_error(await client.post(path, content=oversize, headers=csv_headers), 413,
+                 "payload_too_large")  # fmt: skip
     for content_type, body in (
         ("text/plain", b"caller_number,n\n1,2\n"),
         ("application/x-www-form-urlencoded", b"caller_number=1&n=2"),
@@ -201,7 +204,9 @@ async def test_refusals_of_the_whole_post(
     await sink.drain()
     logged = await fetch(database_url, ROWS, agent["user-agent"])
     # One entry a post refused as a whole (those sent with the agent).
-    assert sorted(row["error"] for row in logged) == ["invalid_body"] * 6 + ["too_many_items"] * 2
+    assert sorted(row["error"] for row in logged) == (
+        ["invalid_body"] * 6 + ["payload_too_large"] + ["too_many_items"] * 2
+    )
 
 
 async def test_the_bulk_routes_are_in_the_openapi_document(client: httpx.AsyncClient) -> None:
