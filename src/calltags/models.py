@@ -77,6 +77,9 @@ PublisherRef = Annotated[str, Meta(max_length=64, description="as routing names 
 Campaign = Annotated[str, Meta(max_length=200)]
 AnyNumber = Annotated[str, Meta(max_length=MAX_RAW_LENGTH, description="any format")]
 Time = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
+# A listing's page: its size and where it starts (`next_cursor` of the page before).
+Limit = Annotated[int, Meta(ge=1, le=MAX_LIMIT)]
+Cursor = Annotated[str, Meta(description="next_cursor of the previous page")]
 Id = Annotated[int, Meta(ge=1, le=MAX_ID)]
 IDEMPOTENCY_KEY = r"[\x20-\x7e]{1,255}"  # 1-255 printable ASCII characters
 IdempotencyKey = Annotated[
@@ -514,8 +517,8 @@ class PostbackFilters(Body):
     ) = None
     since: Time | None = None
     until: Time | None = None
-    limit: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
-    cursor: Annotated[str, Meta(description="next_cursor of the previous page")] | None = None
+    limit: Limit = DEFAULT_LIMIT
+    cursor: Cursor | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -533,8 +536,8 @@ class CallFilters(Body):
     state: Literal["in_progress", "completed"] | None = None
     since: Time | None = None
     until: Time | None = None
-    limit: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
-    cursor: Annotated[str, Meta(description="next_cursor of the previous page")] | None = None
+    limit: Limit = DEFAULT_LIMIT
+    cursor: Cursor | None = None
 
 
 class PostbackEntry(Struct, kw_only=True):

@@ -23,11 +23,12 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from calltags import __version__, store
 from calltags.models import (
     DEFAULT_LIMIT,
-    MAX_LIMIT,
     Body,
     CallUuid,
     Campaign,
+    Cursor,
     Id,
+    Limit,
     Name,
     TagSource,
     Time,
@@ -194,8 +195,8 @@ class DeliveryFilters(Body):
     call_uuid: CallUuid | None = None
     state: Literal["pending", "delivered", "failed"] | None = None
     event: Event | Literal["webhook.test"] | None = None
-    limit: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
-    cursor: Annotated[str, Meta(description="next_cursor of the previous page")] | None = None
+    limit: Limit = DEFAULT_LIMIT
+    cursor: Cursor | None = None
 
 
 class Delivery(Struct, kw_only=True):
