@@ -20,7 +20,6 @@ from calltags.times import iso
 from calltags.webhookpage import deliveries_of_call
 
 PATH = "/console/calls"
-PAGE_LIMIT = "50"  # calls a page shows unless the URL asks otherwise
 ROUTES = Routes(Api.ADMIN, Auth.SESSION)
 _SET_AT_SLACK = timedelta(milliseconds=1)  # a tag's set_at is its postback's time, or after
 
@@ -28,7 +27,7 @@ _SET_AT_SLACK = timedelta(milliseconds=1)  # a tag's set_at is its postback's ti
 @ROUTES.route("GET", PATH, html=True, query=CallFilters)
 async def calls_page(page: Page) -> Response:
     """Recent calls: state, caller, campaign, start and end, tag count; filtered."""
-    found = await listing(page, CallFilters, PAGE_LIMIT, page.svc.records.calls)
+    found = await listing(page, CallFilters, page.svc.records.calls)
     context = {"section": "calls", "calls": found.items, "states": CALL_STATES, **found.context}
     return page.render("calls.html", context, found.status)
 

@@ -26,7 +26,6 @@ from calltags.operations import Api, Auth, Routes
 from calltags.pages import Page, listing, redirect
 
 PATH = "/console/log"
-PAGE_LIMIT = "50"  # entries a page shows unless the URL asks otherwise
 ROUTES = Routes(Api.ADMIN, Auth.SESSION)
 
 
@@ -75,7 +74,7 @@ async def log_page_revealed(page: Page) -> Response:
 
 async def _log_page(page: Page, reveal: bool) -> Response:
     svc = page.svc
-    found = await listing(page, PostbackFilters, PAGE_LIMIT, svc.records.postbacks)
+    found = await listing(page, PostbackFilters, svc.records.postbacks)
     entries: Sequence[PostbackEntry] = found.items
     key_filter = found.query.key_id if found.query is not None else None
     publishers = {publisher.id: publisher for publisher in await svc.publishers.list_publishers()}

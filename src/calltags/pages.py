@@ -175,12 +175,15 @@ class Listing(Generic[T]):
     status: int
 
 
+PAGE_LIMIT = 50  # entries a console listing shows unless the URL asks otherwise
+
+
 async def listing(
-    page: Page, model: type[T], limit: str, read: Callable[[T, str], Awaitable[Paged]]
+    page: Page, model: type[T], read: Callable[[T, str], Awaitable[Paged]]
 ) -> Listing[T]:
     """The listing the page's query asks for, as `read(query, default region)` reads
-    it, `limit` a page unless the query says otherwise; a refused filter is said on the
-    page, the filters kept."""
+    it, PAGE_LIMIT a page unless the query says otherwise; a refused filter is said on
+    the page, the filters kept."""
     path = page.request.url.path
     given = page.given(model)
     first = {name: value for name, value in given.items() if name != "cursor"}
@@ -192,7 +195,7 @@ async def listing(
         "first_page": "cursor" not in given,
     }
     try:
-        query = page.query(model, limit=limit)
+        query = page.query(model, limit=str(PAGE_LIMIT))
         found = await read(query, page.svc.settings.default_region)
     except ApiError as exc:
         return Listing(None, [], {**context, "message": exc.message}, exc.status)

@@ -19,7 +19,7 @@ from calltags.delivery import send_test
 from calltags.errors import ApiError
 from calltags.models import Body, Campaign, Id, Name, convert
 from calltags.operations import Api, Auth, Routes
-from calltags.pages import Page, Refusal, listing, redirect
+from calltags.pages import PAGE_LIMIT, Page, Refusal, listing, redirect
 from calltags.webhookapi import missing_is_404, store
 from calltags.webhooks import (
     DeliveryFilters,
@@ -32,7 +32,6 @@ from calltags.webhooks import (
 )
 
 PATH = "/console/webhooks"
-PAGE_LIMIT = "50"  # deliveries a page shows unless the URL asks otherwise
 ROUTES = Routes(Api.ADMIN, Auth.SESSION)
 _WEBHOOK = ("webhook_not_found",)
 
@@ -106,13 +105,13 @@ async def _webhook(page: Page, tested: TestResult | None = None) -> Response:
     context = {"section": "webhooks", "webhook": webhook, "tested": tested}
     context["states"] = webhooks.STATES
     if tested is not None:  # the answer to the test's POST: the newest deliveries
-        newest = await read(DeliveryFilters(limit=int(PAGE_LIMIT)), "")
+        newest = await read(DeliveryFilters(limit=PAGE_LIMIT), "")
         path = f"{PATH}/{webhook_id}"
         cursor = newest.next_cursor
         more = {"next_url": f"{path}?{urlencode({'cursor': cursor})}" if cursor else None}
         context |= {"deliveries": newest.items, "filters": {}, "message": None, **more}
         return page.render("webhook.html", {**context, "first_page": True}, 200)
-    found = await listing(page, DeliveryFilters, PAGE_LIMIT, read)
+    found = await listing(page, DeliveryFilters, read)
     context |= {"deliveries": found.items, **found.context}
     return page.render("webhook.html", context, found.status)
 
@@ -147,5 +146,5 @@ async def enable_webhook(page: Page) -> Response:
 
 async def deliveries_of_call(page: Page, call_uuid: str) -> DeliveryPage:
     """The newest deliveries of a call, for its page."""
-    query = DeliveryFilters(call_uuid=call_uuid, limit=int(PAGE_LIMIT))
+    query = DeliveryFilters(call_uuid=call_uuid, limit=PAGE_LIMIT)
     return await store(page.svc).deliveries(query)
