@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -43,7 +43,7 @@ from calltags.autopipe import (
     ReplicaAckedPipeline,
     Unconfirmed,
 )
-from calltags.errors import StoreBoundary, WriteUnconfirmed
+from calltags.errors import StoreBoundary, StoreUnavailable, WriteUnconfirmed
 from calltags.keys import SECOND_MS, KeySpace
 from calltags.times import now_ms
 
@@ -57,7 +57,7 @@ STATUS_STORED = "call not found, tags stored"
 STATUS_LIVE = "call in progress, tags applied"
 STATUS_COMPLETED = "completed call found, tags applied"
 _POSTBACK_STATUS = {0: STATUS_STORED, 1: STATUS_LIVE, 2: STATUS_COMPLETED}
-# What an outcome code of the postback write script (postback-5.lua) means for the
+# What an outcome code of the postback write script (postback-6.lua) means for the
 # request: (status, error code, HTTP status). The web process answers from it and the
 # workers log from it (a log entry's field r), so the two cannot disagree.
 POSTBACK_OUTCOMES: dict[int, tuple[str | None, str | None, int]] = {
@@ -68,7 +68,7 @@ POSTBACK_OUTCOMES: dict[int, tuple[str | None, str | None, int]] = {
 }
 REPLAYED = 3  # the script's code of an idempotent postback's repeat (never logged as r)
 # Fields of a postback log entry (stream {prefix}log:{N}): the entry's JSON; the outcome
-# code of the write script when the script decided it (see postback-5.lua); and the call
+# code of the write script when the script decided it (see postback-6.lua); and the call
 # the tags went to, as stored.
 ENTRY_FIELD = b"e"
 OUTCOME_FIELD = b"r"
@@ -169,6 +169,52 @@ def encode_tag(value: str, publisher_id: int, key_id: int, set_at_ms: int) -> st
     return f"{publisher_id}:{key_id}:{set_at_ms}|{value}"
 
 
+def _result(reply: list[Any], rate: RateLimit | None, call_uuid: str) -> WriteOutcome:
+    """A postback-6.lua reply as a write's result or refusal."""
+    code, detail = reply[0], reply[1]
+    if code == -2:
+        assert rate is not None
+        return RateLimited(int(detail), rate.per_second, rate.burst)
+    if code == -3:
+        return IdempotencyKeyReused(call_uuid)
+    if code < 0:
+        return CallNotFound(call_uuid)
+    answer, replayed = None, code == REPLAYED
+    if replayed:  # the first write's outcome and detail, and its answer
+        code, detail, answer = reply[1:4]
+    if code == 0:
+        return PostbackResult(
+            STATUS_STORED, expires_at_ms=int(detail), replayed=replayed, answer=answer
+        )
+    return PostbackResult(
+        _POSTBACK_STATUS[code], call_uuid=detail.decode(), replayed=replayed, answer=answer
+    )
+
+
+async def _settled(replies: Iterable[Awaitable[Any]]) -> list[Any]:
+    """The replies, a Redis error (Unconfirmed included) in place of the reply it stopped."""
+    got = await asyncio.gather(*replies, return_exceptions=True)
+    for reply in got:
+        if isinstance(reply, BaseException) and not isinstance(reply, REDIS_ERRORS):
+            raise reply
+    return got
+
+
+async def _replies(calls: Sequence[tuple[int, Awaitable[Any]]]) -> list[Any]:
+    """Each write's reply, in order, from postback-6.lua calls of (writes, reply): a call
+    that failed gives each of its writes its error; one its replicas did not confirm, each
+    an Unconfirmed of its own reply."""
+    replies: list[Any] = []
+    for (count, _), reply in zip(calls, await _settled(c for _, c in calls), strict=True):
+        if isinstance(reply, Unconfirmed):
+            replies += [Unconfirmed(one, reply.replicas, reply.wanted) for one in reply.reply]
+        elif isinstance(reply, Exception):
+            replies += [reply] * count
+        else:
+            replies += reply
+    return replies
+
+
 def decode_tag(raw: str) -> tuple[str, TagSource]:
     source, _, value = raw.partition("|")
     publisher_id, key_id, set_at = source.split(":")
@@ -200,14 +246,31 @@ def call_from_doc(doc: dict[str, Any]) -> Call:
     )
 
 
-# Arguments of postback-5.lua that a store reads or fills in (ARGV[1], ARGV[8..11]).
-_ARG_NOW = 0
-_ARG_LOG_ENTRY = 7
-_ARG_OPTIONAL = 8  # the letters naming the optional keys
-_ARG_FINGERPRINT = 9  # of an idempotent postback only
-_ARG_IDEMPOTENT_UNTIL = 10
+# The most postbacks one postback-6.lua call writes: a bulk post's items go in calls of
+# this many (all sent at once), so that no one script holds Redis for long (~1 ms).
+SCRIPT_BATCH = 64
 # A postback key's token bucket (its Redis key) and rate.
 _Bucket: TypeAlias = tuple[str, RateLimit]
+# The postback key's id and its writes' tag source (encode_tag's text before the value).
+_Source: TypeAlias = tuple[int, str]
+
+
+@dataclass(slots=True)
+class TagWrite:
+    """One postback's write (see Store.write_batch): the caller's tags, the call it
+    addresses ("": none), its log entry without the outcome (None: not logged) and, when
+    it has an idempotency key, its records."""
+
+    caller: str
+    tags: dict[str, str]
+    call_uuid: str = ""
+    log_entry: bytes | None = None
+    idempotent: Idempotent | None = None
+
+
+# What a write came to: its result, or the refusal or failure it is answered with
+# (CallNotFound, RateLimited, IdempotencyKeyReused, WriteUnconfirmed, StoreUnavailable).
+WriteOutcome: TypeAlias = PostbackResult | Exception
 
 
 class Store(StoreBoundary, ABC):
@@ -219,7 +282,7 @@ class Store(StoreBoundary, ABC):
         self.redis = redis
         self.keys = keys
         self.call_ttl_ms = call_ttl_seconds * SECOND_MS
-        self._postback = scripts.register(redis, "postback-5.lua")
+        self._postback = scripts.register(redis, "postback-6.lua")
         self._connect = scripts.register(redis, "connect-3.lua")
         self._end = scripts.register(redis, "end-2.lua")
         self._fail = scripts.register(redis, "fail-1.lua")
@@ -244,17 +307,13 @@ class Store(StoreBoundary, ABC):
         """The replies of commands queued together, in order."""
 
     @abstractmethod
-    def _write_postback(
-        self,
-        keys: list[str],
-        args: list[Any],
-        entry: bytes | None,
-        bucket: _Bucket | None,
-        claim: str | None,
-    ) -> Awaitable[list[Any]]:
-        """postback-5.lua's reply for the caller's keys (and idempotency record) and
-        `args` (ARGV[8] empty), the log `entry` appended, the key's `bucket` asked and the
-        idempotency `claim` made on the way (see write_tags)."""
+    async def _write_postbacks(
+        self, writes: list[TagWrite], head: list[Any], source: _Source, bucket: _Bucket | None
+    ) -> list[Any]:
+        """postback-6.lua's reply for each write, or what its command raised (a Redis
+        error, Unconfirmed), given the script's first arguments `head` (ARGV[1..6]): the
+        log entries appended, the key's `bucket` asked and the idempotency keys claimed on
+        the way (see write_batch)."""
 
     @abstractmethod
     def _with_snapshot(self, keys: list[str], shard: str) -> list[str]:
@@ -309,72 +368,115 @@ class Store(StoreBoundary, ABC):
         rate: RateLimit | None = None,
         idempotent: Idempotent | None = None,
     ) -> PostbackResult:
-        """Apply tags to the caller's live or recent call, or keep them pending.
+        """One postback's write_batch: its result, or its refusal or failure raised."""
+        write = TagWrite(caller, tags, call_uuid, log_entry, idempotent)
+        (outcome,) = await self.write_batch(
+            [write],
+            publisher_id=publisher_id,
+            key_id=key_id,
+            cutoff_seconds=cutoff_seconds,
+            storage_seconds=storage_seconds,
+            at_ms=at_ms,
+            rate=rate,
+        )
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-        With `call_uuid`, the post addresses that call; CallNotFound if the caller has none.
-        With `log_entry`, the entry (without its outcome) lands in the postback log with the
-        outcome, whatever it is, before this returns or raises, unless the result is a
-        replay (the caller logs it). With `rate`, the key's token bucket is asked first;
-        RateLimited if empty, and nothing is written. With `idempotent`, a repeat writes
-        nothing and gets the first write's result, `replayed`;
-        IdempotencyKeyReused if the key's first postback had another fingerprint.
+    async def write_batch(
+        self,
+        writes: list[TagWrite],
+        *,
+        publisher_id: int,
+        key_id: int,
+        cutoff_seconds: int,
+        storage_seconds: int,
+        at_ms: int | None = None,
+        rate: RateLimit | None = None,
+    ) -> list[WriteOutcome]:
+        """Apply each write's tags to its caller's live or recent call, or keep them
+        pending, in order, each as if it came alone; what each came to.
+
+        With a `call_uuid`, a write addresses that call; CallNotFound if the caller has
+        none. With a `log_entry`, the entry (without its outcome) lands in the postback
+        log with the outcome, whatever it is, before this returns, unless the result is a
+        replay (the caller logs it). With `rate`, the key's token bucket gives each write
+        a token first; RateLimited if empty, and nothing is written. With `idempotent`, a
+        repeat writes nothing and gets the first write's result, `replayed`;
+        IdempotencyKeyReused if the key's first postback had another fingerprint. A write
+        whose reply Redis did not give, or whose replicas did not confirm it, is
+        WriteUnconfirmed (logged as answered 503); StoreUnavailable when even that could
+        not be logged.
         """
         now = now_ms() if at_ms is None else at_ms
-        keys = [self.keys.pending(caller), self.keys.calls(caller)]
-        claim: str | None = None
-        if idempotent is not None:
-            keys.append(self.keys.replay(caller, key_id, idempotent.token))
-            keys.append(self.keys.replays(caller))
-            claim = self.keys.idempotency(key_id, idempotent.token)
-        args: list[str | int | float | bytes] = [
+        head: list[Any] = [
             now,
             cutoff_seconds * SECOND_MS,
             storage_seconds * SECOND_MS,
             self.call_ttl_ms,
-            call_uuid,
             rate.per_second if rate is not None else 0,
             rate.burst if rate is not None else 0,
-            b"",
-            "",
         ]
-        if idempotent is not None:  # the answer record and its arguments (see the script)
-            args[_ARG_OPTIONAL] = "is"
-            args += [idempotent.fingerprint, idempotent.until_ms, idempotent.answer]
-        for name, value in tags.items():
-            args.append(name)
-            args.append(encode_tag(value, publisher_id, key_id, now))
         bucket = (self.keys.rate_bucket(key_id), rate) if rate is not None else None
-        try:
-            reply = await self._write_postback(keys, args, log_entry, bucket, claim)
-        except Unconfirmed as exc:
-            if log_entry is not None:
-                await self._log_unconfirmed(log_entry, exc.reply)
-            raise WriteUnconfirmed(str(exc)) from exc
-        except REDIS_ERRORS as exc:
-            # The write may have happened (a reply lost with its connection, in a
-            # failover): logged under the entry's own id, so that the entry the write may
-            # have appended and this one make one row, the 503.
-            if log_entry is not None and await self._log_unconfirmed(log_entry, None):
-                raise WriteUnconfirmed(f"{type(exc).__name__}: {exc}") from exc
-            raise
-        code, detail = reply[0], reply[1]
-        if code == -2:
-            assert rate is not None
-            raise RateLimited(int(detail), rate.per_second, rate.burst)
-        if code == -3:
-            raise IdempotencyKeyReused(call_uuid)
-        if code < 0:
-            raise CallNotFound(call_uuid)
-        answer, replayed = None, code == REPLAYED
-        if replayed:  # the first write's outcome and detail, and its answer
-            code, detail, answer = reply[1:4]
-        if code == 0:
-            return PostbackResult(
-                STATUS_STORED, expires_at_ms=int(detail), replayed=replayed, answer=answer
-            )
-        return PostbackResult(
-            _POSTBACK_STATUS[code], call_uuid=detail.decode(), replayed=replayed, answer=answer
-        )
+        source = encode_tag("", publisher_id, key_id, now)
+        replies = await self._write_postbacks(writes, head, (key_id, source), bucket)
+        outcomes: list[WriteOutcome] = []
+        failed: list[tuple[int, Awaitable[StoreUnavailable]]] = []
+        for write, reply in zip(writes, replies, strict=True):
+            if isinstance(reply, REDIS_ERRORS):  # Unconfirmed included
+                failed.append((len(outcomes), self._failed(write, reply)))
+                outcomes.append(reply)
+            else:
+                outcomes.append(_result(reply, rate, write.call_uuid))
+        if failed:
+            answered = await asyncio.gather(*(failure for _, failure in failed))
+            for (n, _), outcome in zip(failed, answered, strict=True):
+                outcomes[n] = outcome
+        return outcomes
+
+    async def _failed(self, write: TagWrite, error: Exception) -> StoreUnavailable:
+        """What a write whose command failed with `error` comes to, once logged (the
+        driver's error kept as its cause)."""
+        failure: StoreUnavailable
+        if isinstance(error, Unconfirmed):
+            if write.log_entry is not None:
+                await self._log_unconfirmed(write.log_entry, error.reply)
+            failure = WriteUnconfirmed(str(error))
+        # The write may have happened (a reply lost with its connection, in a failover):
+        # logged under the entry's own id, so that the entry the write may have appended
+        # and this one make one row, the 503.
+        elif write.log_entry is not None and await self._log_unconfirmed(write.log_entry, None):
+            failure = WriteUnconfirmed(f"{type(error).__name__}: {error}")
+        else:
+            failure = StoreUnavailable(f"{type(error).__name__}: {error}")
+        failure.__cause__ = error
+        return failure
+
+    def _arguments(
+        self, write: TagWrite, source: _Source, keys: list[Any], args: list[Any], claims: bool
+    ) -> None:
+        """Add one write's keys and arguments to a postback-6.lua call's; with `claims`,
+        its idempotency claim too (a single node)."""
+        key_id, prefix = source
+        caller = write.caller
+        keys.append(self.keys.pending(caller))
+        keys.append(self.keys.calls(caller))
+        idempotent = write.idempotent
+        entry = write.log_entry if write.log_entry is not None else b""
+        tags = write.tags
+        if idempotent is None:
+            args += ("", write.call_uuid, entry, 2 * len(tags))
+        else:
+            keys.append(self.keys.replay(caller, key_id, idempotent.token))
+            keys.append(self.keys.replays(caller))
+            letters = "is"
+            if claims:
+                keys.append(self.keys.idempotency(key_id, idempotent.token))
+                letters = "isf"
+            args += (letters, write.call_uuid, entry, 2 * len(tags))
+            args += (idempotent.fingerprint, idempotent.until_ms, idempotent.answer)
+        for name, value in tags.items():
+            args += (name, prefix + value)
 
     async def count_failure(self, address: str, window_ms: int) -> tuple[int, int]:
         """Count a failed key attempt from `address`; (attempts in the window, ms left)."""
@@ -527,27 +629,21 @@ class NodeStore(Store):
                     reply.exception()
             raise
 
-    def _write_postback(
-        self,
-        keys: list[str],
-        args: list[Any],
-        entry: bytes | None,
-        bucket: _Bucket | None,
-        claim: str | None,
-    ) -> Awaitable[list[Any]]:
-        optional = str(args[_ARG_OPTIONAL])
-        if claim is not None:
-            keys.append(claim)
-            optional += "f"
-        if entry is not None:
-            keys.append(next(self._log_shards))
-            args[_ARG_LOG_ENTRY] = entry
-            optional += "l"
-        if bucket is not None:
-            keys.append(bucket[0])
-            optional += "b"
-        args[_ARG_OPTIONAL] = optional
-        return self._pipe.evalsha(self._postback, keys, args)
+    async def _write_postbacks(
+        self, writes: list[TagWrite], head: list[Any], source: _Source, bucket: _Bucket | None
+    ) -> list[Any]:
+        # Every call of the batch queued at once: one auto-pipeline batch.
+        calls = []
+        for start in range(0, len(writes), SCRIPT_BATCH):
+            keys: list[Any] = [next(self._log_shards)]
+            if bucket is not None:
+                keys.append(bucket[0])
+            args = [*head, "lb" if bucket is not None else "l"]
+            chunk = writes[start : start + SCRIPT_BATCH]
+            for write in chunk:
+                self._arguments(write, source, keys, args, claims=True)
+            calls.append((len(chunk), self._pipe.evalsha(self._postback, keys, args)))
+        return await _replies(calls)
 
     def _with_snapshot(self, keys: list[str], shard: str) -> list[str]:
         keys.append(shard)
@@ -560,7 +656,7 @@ class NodeStore(Store):
 class ClusterStore(Store):
     """On Redis Cluster (a `RedisCluster` client) a script may touch one slot only: the
     caller's. The key's token bucket, the postback log and the call log live in other
-    slots, so the rate limit (ratelimit-1.lua), the log entry and the call snapshot are
+    slots, so the rate limit (ratelimit-2.lua), the log entry and the call snapshot are
     commands of their own around the caller's script.
 
     With a ReplicaAck, each write goes to its shard's primary followed by WAIT on the same
@@ -576,7 +672,7 @@ class ClusterStore(Store):
         ack: ReplicaAck | None = None,
     ):
         super().__init__(redis, keys, call_ttl_seconds)
-        self._ratelimit = scripts.register(redis, "ratelimit-1.lua")
+        self._ratelimit = scripts.register(redis, "ratelimit-2.lua")
         self._claim_script = scripts.register(redis, "claim-1.lua")
         self._ack = ack
 
@@ -640,40 +736,77 @@ class ClusterStore(Store):
     async def _together(self, *replies: Awaitable[Any]) -> list[Any]:
         return await asyncio.gather(*replies)
 
-    async def _write_postback(
-        self,
-        keys: list[str],
-        args: list[Any],
-        entry: bytes | None,
-        bucket: _Bucket | None,
-        claim: str | None,
+    async def _write_postbacks(
+        self, writes: list[TagWrite], head: list[Any], source: _Source, bucket: _Bucket | None
     ) -> list[Any]:
-        logged = (next(self._log_shards), entry) if entry is not None else None
-        reply: list[Any] | None = None
-        if bucket is not None:
+        replies: list[Any] = [None] * len(writes)
+        if bucket is not None:  # a token a write, first (a token needs no replica)
             name, rate = bucket
-            limit = [args[_ARG_NOW], rate.per_second, rate.burst]
-            left = await self._ratelimit(keys=[name], args=limit)  # a token needs no replica
-            if left < 0:  # answered as the postback script answers a refusal
-                reply = [-2, -left]
-        if reply is None and claim is not None and not await self._claim(claim, args):
-            reply = [-3, b""]
-        if reply is None:
-            reply = await self._queue_eval(self._postback, keys, args)
-        if logged is not None and reply[0] != REPLAYED:
-            code, _, *call_json = reply
             try:
-                await self._log_outcome(*logged, code, call_json[0] if call_json else None)
-            except Unconfirmed as exc:  # the postback is judged by its entry's WAIT
-                raise Unconfirmed(reply, exc.replicas, exc.wanted) from exc
-        return reply
+                left = await self._ratelimit(
+                    keys=[name], args=[head[0], rate.per_second, rate.burst, len(writes)]
+                )
+            except REDIS_ERRORS as exc:
+                left = [exc] * len(writes)
+            for n, tokens in enumerate(left):
+                if isinstance(tokens, Exception) or tokens < 0:
+                    # answered as the postback script answers a refusal
+                    replies[n] = tokens if isinstance(tokens, Exception) else [-2, -tokens]
+        claims = [
+            (n, self._claim(write.idempotent, source[0]))
+            for n, write in enumerate(writes)
+            if write.idempotent is not None and replies[n] is None
+        ]
+        for (n, _), mine in zip(claims, await _settled(c for _, c in claims), strict=True):
+            if isinstance(mine, Exception) or not mine:
+                replies[n] = mine if isinstance(mine, Exception) else [-3, b""]
+        # The rest, in calls of one slot's callers each.
+        slots: dict[int, list[int]] = {}
+        for n, write in enumerate(writes):
+            if replies[n] is None:
+                slots.setdefault(self.redis.keyslot(self.keys.pending(write.caller)), []).append(n)
+        calls, order = [], []
+        for ns in slots.values():
+            for start in range(0, len(ns), SCRIPT_BATCH):
+                chunk = ns[start : start + SCRIPT_BATCH]
+                keys: list[Any] = []
+                args = [*head, ""]
+                for n in chunk:
+                    self._arguments(writes[n], source, keys, args, claims=False)
+                calls.append((len(chunk), self._queue_eval(self._postback, keys, args)))
+                order += chunk
+        for n, reply in zip(order, await _replies(calls), strict=True):
+            replies[n] = reply
+        # The log entries with the outcomes, as postback-6.lua appends them on one node.
+        logs = [
+            (n, self._log_reply(write.log_entry, replies[n]))
+            for n, write in enumerate(writes)
+            if write.log_entry is not None and not isinstance(replies[n], Exception)
+            and replies[n][0] != REPLAYED
+        ]  # fmt: skip
+        for (n, _), logged in zip(logs, await _settled(log for _, log in logs), strict=True):
+            if isinstance(logged, Exception):
+                replies[n] = logged
+        return replies
 
-    async def _claim(self, claim: str, args: list[Any]) -> bool:
+    async def _log_reply(self, entry: bytes, reply: list[Any]) -> None:
+        code, _, *call_json = reply
+        try:
+            await self._log_outcome(
+                next(self._log_shards), entry, code, call_json[0] if call_json else None
+            )
+        except Unconfirmed as exc:  # the postback is judged by its entry's WAIT
+            raise Unconfirmed(reply, exc.replicas, exc.wanted) from exc
+
+    async def _claim(self, idempotent: Idempotent | None, key_id: int) -> bool:
         """Whether the idempotency key is this postback's: claimed now with its
-        fingerprint, or claimed before with the same one (claim-1.lua, as postback-5.lua
-        claims it on one node). The claim only tells parameters apart: the write is decided in the
-        caller's slot, so a claim that a failover loses costs no second write."""
-        given = [args[_ARG_FINGERPRINT], args[_ARG_IDEMPOTENT_UNTIL]]
+        fingerprint, or claimed before with the same one (claim-1.lua, as postback-6.lua
+        claims it on one node). The claim only tells parameters apart: the write is
+        decided in the caller's slot, so a claim that a failover loses costs no second
+        write."""
+        assert idempotent is not None
+        claim = self.keys.idempotency(key_id, idempotent.token)
+        given = [idempotent.fingerprint, idempotent.until_ms]
         try:
             mine = await self._queue_eval(self._claim_script, [claim], given)
         except Unconfirmed as exc:
@@ -683,7 +816,7 @@ class ClusterStore(Store):
     async def _log_outcome(
         self, shard: str, entry: bytes, code: int, call_json: bytes | None
     ) -> None:
-        """The log entry with the outcome, as postback-5.lua appends it on one node."""
+        """The log entry with the outcome, as postback-6.lua appends it on one node."""
         fields: list[Any] = [ENTRY_FIELD, entry, OUTCOME_FIELD, code]
         if call_json is not None:
             fields += [CALL_FIELD, call_json]

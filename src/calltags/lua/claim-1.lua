@@ -1,6 +1,6 @@
 --[[
   claim-1: claim an idempotency key for a postback's fingerprint. Used where the claim
-  cannot be passed to postback-5.lua (Redis Cluster: it is routed by the idempotency key,
+  cannot be passed to postback-6.lua (Redis Cluster: it is routed by the idempotency key,
   not the caller).
 
   Input:

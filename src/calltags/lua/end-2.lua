@@ -1,6 +1,6 @@
 --[[
   end-2: complete a call. The end-call cut-off of every key starts now: posts
-  within a key's cut-off apply to this call (see postback-5.lua).
+  within a key's cut-off apply to this call (see postback-6.lua).
 
   Input:
     KEYS[1]  calls hash          {caller}:c
