@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import phonenumbers
 
 from calltags import errors
@@ -43,15 +45,16 @@ class _Cache:
 
     def __init__(self, size: int):
         self.size = size
-        self.found: dict[tuple[str, str], str | None] = {}
+        # An OrderedDict, not a dict: a dict's oldest entry, found by iterating from its
+        # start, costs a walk over every entry deleted since it was last resized.
+        self.found: OrderedDict[tuple[str, str], str | None] = OrderedDict()
 
     def normalize(self, value: str, region: str) -> str | None:
         key = (value, region)
         found = self.found
         if key in found:
-            e164 = found.pop(key)  # to the young end
-            found[key] = e164
-            return e164
+            found.move_to_end(key)  # to the young end
+            return found[key]
         e164, stable = _parse(value, region)
         self._put(key, e164)
         if e164 is not None and e164 != value and (stable or parse(e164, region) == e164):
@@ -60,9 +63,10 @@ class _Cache:
 
     def _put(self, key: tuple[str, str], e164: str | None) -> None:
         found = self.found
-        found.pop(key, None)
-        if len(found) >= self.size:
-            del found[next(iter(found))]  # the least recently used
+        if key in found:
+            found.move_to_end(key)
+        elif len(found) >= self.size:
+            found.popitem(last=False)  # the least recently used
         found[key] = e164
 
 
