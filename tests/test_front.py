@@ -42,7 +42,7 @@ async def test_a_bug_on_every_api_is_a_json_500(settings: Settings, keys: Keys) 
         core = app.core
         assert core is not None
         core.store.get_call = _broken  # type: ignore[method-assign]
-        core.store.write_tags = _broken  # type: ignore[method-assign]
+        core.store.write_batch = _broken  # type: ignore[method-assign]
         core.publishers.list_publishers = _broken  # type: ignore[attr-defined]
         answers = [
             await client.get("/calls/some-call", headers=ROUTING),

@@ -13,6 +13,7 @@ CACHE_SIZE = 262_144  # entries; about 75 MB when full (~285 bytes an entry)
 # Punctuation phonenumbers ignores: dropped before the cache lookup, so that the many ways
 # of writing one number share one cache entry.
 _PUNCTUATION = str.maketrans("", "", " ()-./\t")
+_UNSEEN = ""  # no number's E.164 text: a cache lookup's "not there"
 
 
 def parse(raw: str, region: str) -> str | None:
@@ -52,14 +53,19 @@ class _Cache:
     def normalize(self, value: str, region: str) -> str | None:
         key = (value, region)
         found = self.found
-        if key in found:
+        e164 = found.get(key, _UNSEEN)
+        if e164 != _UNSEEN:
             found.move_to_end(key)  # to the young end
-            return found[key]
-        e164, stable = _parse(value, region)
-        self._put(key, e164)
-        if e164 is not None and e164 != value and (stable or parse(e164, region) == e164):
-            self._put((e164, region), e164)
-        return e164
+            return e164
+        found_e164, stable = _parse(value, region)
+        self._put(key, found_e164)
+        if (
+            found_e164 is not None
+            and found_e164 != value
+            and (stable or parse(found_e164, region) == found_e164)
+        ):
+            self._put((found_e164, region), found_e164)
+        return found_e164
 
     def _put(self, key: tuple[str, str], e164: str | None) -> None:
         found = self.found

@@ -60,7 +60,9 @@ from calltags.store import (
     PostbackResult,
     RateLimit,
     RateLimited,
+    TagWrite,
 )
+from calltags.tagschemas import Conform
 from calltags.times import iso_ms, now_ms
 
 log = logging.getLogger("calltags")
@@ -187,10 +189,13 @@ def _tags(params: dict[str, str]) -> dict[str, str]:
                 "invalid_tag",
                 f"tag name {name[:64]!r} must be 1-64 characters of A-Z a-z 0-9 _ . -",
             )
-        try:
-            size = len(value.encode("utf-8"))
-        except UnicodeEncodeError as exc:
-            raise ApiError("invalid_tag", f"tag {name!r} is not valid UTF-8") from exc
+        if value.isascii():  # a byte a character
+            size = len(value)
+        else:
+            try:
+                size = len(value.encode("utf-8"))
+            except UnicodeEncodeError as exc:
+                raise ApiError("invalid_tag", f"tag {name!r} is not valid UTF-8") from exc
         if size > MAX_TAG_VALUE_BYTES:
             raise ApiError("invalid_tag", f"tag {name!r} is over {MAX_TAG_VALUE_BYTES} bytes")
         tags[name.lower()] = value
@@ -202,23 +207,29 @@ def _tags(params: dict[str, str]) -> dict[str, str]:
 
 
 class _Outcome:
-    """What one request did, for the log entry written whatever happened."""
+    """What one postback (a single post, a bulk post's item) did, for the log entry
+    written whatever happened, and what it is answered: `answer` (`replayed`: a repeat's)
+    or `failure`."""
 
     __slots__ = (
-        "call_uuid", "caller_number", "caller_raw", "key", "logged", "params", "received_ms",
-        "secret", "tags",
+        "answer", "call_uuid", "caller_number", "caller_raw", "dropped", "failure", "key",
+        "logged", "params", "received_ms", "replayed", "secret", "tags",
     )  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, key: KeyInfo | None = None) -> None:
         self.received_ms = now_ms()
         self.params: dict[str, str] = {}
         self.secret: str | None = None
-        self.key: KeyInfo | None = None
+        self.key = key
         self.caller_raw: str | None = None
         self.caller_number: str | None = None
         self.call_uuid: str | None = None
         self.tags: dict[str, str] | None = None
+        self.dropped: list[str] = []  # tags the key's schema left out
         self.logged = False  # the store appended the log entry with the write
+        self.answer: PostbackAnswer | None = None
+        self.replayed = False
+        self.failure: ApiError | StoreUnavailable | None = None
 
 
 def _entry(
@@ -306,8 +317,10 @@ def _note_caller(out: _Outcome, params: dict[str, str], region: str) -> None:
     out.caller_raw = params.get("caller_number") or None
     out.caller_number = None
     if out.caller_raw is not None:
-        with contextlib.suppress(ApiError):  # refused later, in its turn
+        try:  # noqa: SIM105  (try costs nothing here; suppress() an object a postback)
             out.caller_number = phone.normalize(out.caller_raw, region)
+        except ApiError:  # refused later, in its turn
+            pass
 
 
 def _verified(
@@ -334,11 +347,9 @@ def _verified(
     return key
 
 
-async def _post(
-    svc: Services, req: Incoming, out: _Outcome, key: KeyInfo | None = None
-) -> tuple[PostbackAnswer, bool]:
-    """Read a single postback and write its tags; (answer, replayed). The key is
-    recognised as soon as it is read (from the path, then the query, or the body), so
+async def _read(svc: Services, req: Incoming, out: _Outcome, key: KeyInfo | None = None) -> KeyInfo:
+    """Read a single postback's parameters into `out`; the key it may post with. The key
+    is recognised as soon as it is read (from the path, then the query, or the body), so
     that every refusal after that, the body's included, is logged under it. `key`: the
     key, already known (a console test)."""
     region = svc.settings.default_region
@@ -370,7 +381,7 @@ async def _post(
             "invalid_idempotency_key",
             f"the {IDEMPOTENCY_HEADER} header and the idempotency_key parameter differ",
         )
-    return await _handle(svc, req, out, key, params)
+    return key
 
 
 def _idempotent(params: dict[str, str], given: str, until_ms: int, answer: bytes) -> Idempotent:
@@ -397,74 +408,137 @@ def _answered(
     )
 
 
-async def _handle(
-    svc: Services, req: Incoming, out: _Outcome, key: KeyInfo, params: dict[str, str]
-) -> tuple[PostbackAnswer, bool]:
-    """Write one postback's tags, given its parameters and the key it may post with;
-    (answer, replayed): a repeat of an idempotent postback gets the first one's answer.
-    A single post and every item of a bulk post come here."""
+def _prepare(out: _Outcome, conform: Conform, region: str) -> None:
+    """Check a postback's parameters: its caller, tags (conformed to the key's schema)
+    and idempotency key; ApiError if they do not make a write."""
+    params = out.params
     out.call_uuid = call_uuid = params.get("call_uuid") or None
     caller_raw = out.caller_raw
     if call_uuid is None and caller_raw is None:
         raise ApiError("missing_caller")
-    caller = out.caller_number  # as _note_caller normalized it
-    if caller is None and caller_raw is not None:  # not a number: refused now, in its turn
-        caller = phone.normalize(caller_raw, svc.settings.default_region)
-    out.tags = tags = _tags(params)
-    tags, dropped = await svc.tag_schemas.conform(key, tags)  # checked, in canonical text
-    out.tags = tags
+    if out.caller_number is None and caller_raw is not None:  # not a number: refused now
+        out.caller_number = phone.normalize(caller_raw, region)
+    out.tags = _tags(params)
+    out.tags, out.dropped = conform(out.tags)  # checked, in canonical text
     given = params.get("idempotency_key")
     if given is not None and not IDEMPOTENCY_KEY.fullmatch(given):
         raise ApiError("invalid_idempotency_key")
-    if call_uuid is not None:
-        found = await svc.store.caller_of(call_uuid) if CALL_UUID.fullmatch(call_uuid) else None
-        if found is None or (caller is not None and caller != found):
-            raise call_not_found(call_uuid)
-        caller = found
-    assert caller is not None
-    out.caller_number = caller
-    limit = svc.settings.rate_limit
+    if call_uuid is not None and not CALL_UUID.fullmatch(call_uuid):
+        raise call_not_found(call_uuid)
+
+
+async def _find_calls(svc: Services, outs: list[_Outcome]) -> None:
+    """The callers of the calls the postbacks address, looked up together: each one's
+    caller, or its failure (call_not_found, the caller posted differs, Redis down)."""
+    found = await asyncio.gather(
+        *(svc.store.caller_of(out.call_uuid or "") for out in outs), return_exceptions=True
+    )
+    for out, caller in zip(outs, found, strict=True):
+        if isinstance(caller, StoreUnavailable):
+            out.failure = caller
+        elif isinstance(caller, BaseException):
+            raise caller
+        elif caller is None or (out.caller_number is not None and out.caller_number != caller):
+            out.failure = call_not_found(out.call_uuid or "")
+        else:
+            out.caller_number = caller
+
+
+def _failed(out: _Outcome, failure: Exception) -> ApiError | StoreUnavailable:
+    """What a write's refusal or failure is answered with; `out.logged` when the store
+    logged it."""
+    out.logged = True
+    if isinstance(failure, CallNotFound):
+        return call_not_found(out.call_uuid or "")
+    if isinstance(failure, RateLimited):
+        return _rate_limited(failure)
+    if isinstance(failure, IdempotencyKeyReused):
+        return ApiError("idempotency_key_reused")
+    if isinstance(failure, WriteUnconfirmed):  # the store logged it as answered 503
+        return ApiError("unavailable", "the write is not confirmed (it may have happened)")
+    out.logged = False  # the write may not have happened: log what the client saw
+    assert isinstance(failure, StoreUnavailable), failure
+    return failure
+
+
+async def _handle(svc: Services, req: Incoming, key: KeyInfo, outs: list[_Outcome]) -> None:
+    """Write the tags of postbacks through `key` (each with its parameters read, and its
+    caller noted), together: one store call for all. Each gets its `answer` (a repeat of
+    an idempotent postback the first one's) or its `failure`, logged. A single post's
+    postback and the items of a bulk post come here."""
+    settings = svc.settings
+    try:
+        conform = svc.tag_schemas.known(key) or await svc.tag_schemas.rules(key)
+    except StoreUnavailable as exc:
+        for out in outs:
+            out.failure = exc
+        return await _log_failures(svc, req, outs)
+    for out in outs:
+        if out.failure is None:
+            try:
+                _prepare(out, conform, settings.default_region)
+            except ApiError as exc:
+                out.failure = exc
+    addressed = [out for out in outs if out.failure is None and out.call_uuid is not None]
+    if addressed:
+        await _find_calls(svc, addressed)
+    writing = [out for out in outs if out.failure is None]
+    limit = settings.rate_limit
     if key.rate_per_second is not None:
         limit = (key.rate_per_second, key.rate_burst or max(1, int(key.rate_per_second)))
-    idempotent = None
-    if given is not None:
-        until_ms = out.received_ms + svc.settings.idempotency_seconds * 1000
-        idempotent = _idempotent(params, given, until_ms, orjson.dumps([tags, caller, dropped]))
+    writes = [_write(settings.idempotency_seconds, req, out) for out in writing]
     try:
-        result: PostbackResult = await svc.store.write_tags(
-            caller,
-            tags,
+        results = await svc.store.write_batch(
+            writes,
             publisher_id=key.publisher_id,
             key_id=key.id,
             cutoff_seconds=key.cutoff_seconds,
             storage_seconds=key.storage_seconds,
-            call_uuid=call_uuid or "",
-            log_entry=_entry(req, out, None, None),
             rate=RateLimit(*limit) if limit is not None else None,
-            idempotent=idempotent,
         )
-    except CallNotFound as exc:
-        out.logged = True
-        raise call_not_found(call_uuid or "") from exc
-    except RateLimited as exc:
-        out.logged = True
-        raise _rate_limited(exc) from exc
-    except IdempotencyKeyReused as exc:
-        out.logged = True
-        raise ApiError("idempotency_key_reused") from exc
-    except WriteUnconfirmed as exc:  # the store logged it as answered 503, with what it did
-        out.logged = True
-        raise ApiError("unavailable", "the write is not confirmed (it may have happened)") from exc
-    if not result.replayed:
-        out.logged = True
-        return _answered(tags, caller, dropped, result), False
-    assert result.answer is not None
-    first_tags, first_caller, first_dropped = orjson.loads(result.answer)
-    answer = _answered(first_tags, first_caller, first_dropped, result)
-    out.call_uuid = result.call_uuid or call_uuid
-    await svc.store.append_log(_entry(req, out, None, answer.status, replayed=True))
-    out.logged = True
-    return answer, True
+    except StoreUnavailable as exc:
+        results = [exc] * len(writes)
+    replays: list[tuple[_Outcome, bytes]] = []  # logged here: the store writes nothing
+    for out, result in zip(writing, results, strict=True):
+        if isinstance(result, Exception):
+            out.failure = _failed(out, result)
+        elif not result.replayed:
+            out.logged = True
+            assert out.tags is not None and out.caller_number is not None
+            out.answer = _answered(out.tags, out.caller_number, out.dropped, result)
+        else:
+            assert result.answer is not None
+            first_tags, first_caller, first_dropped = orjson.loads(result.answer)
+            out.answer = answer = _answered(first_tags, first_caller, first_dropped, result)
+            out.replayed = True
+            out.call_uuid = result.call_uuid or out.call_uuid
+            replays.append((out, _entry(req, out, None, answer.status, replayed=True)))
+    if replays:
+        appended = await asyncio.gather(
+            *(svc.store.append_log(entry) for _, entry in replays), return_exceptions=True
+        )
+        for (out, _), appending in zip(replays, appended, strict=True):
+            if isinstance(appending, StoreUnavailable):
+                out.answer, out.replayed, out.failure = None, False, appending
+            elif isinstance(appending, BaseException):
+                raise appending
+            else:
+                out.logged = True
+    if any(out.failure is not None for out in outs):
+        await _log_failures(svc, req, outs)
+
+
+def _write(idempotency_seconds: int, req: Incoming, out: _Outcome) -> TagWrite:
+    """A checked postback's write, with its log entry."""
+    assert out.caller_number is not None and out.tags is not None
+    given = out.params.get("idempotency_key")
+    idempotent = None
+    if given is not None:
+        until_ms = out.received_ms + idempotency_seconds * 1000
+        first = orjson.dumps([out.tags, out.caller_number, out.dropped])
+        idempotent = _idempotent(out.params, given, until_ms, first)
+    entry = _entry(req, out, None, None)
+    return TagWrite(out.caller_number, out.tags, out.call_uuid or "", entry, idempotent)
 
 
 _SIGNATURE = signing.SIGNATURE_HEADER.encode()
@@ -501,11 +575,17 @@ async def _answer(svc: Services, req: Incoming, key: KeyInfo | None = None) -> t
         return _log_full(svc)
     out = _Outcome()
     try:
-        answer, replayed = await _post(svc, req, out, key)
-        return (200, encode(answer), _REPLAYED if replayed else None), answer.status
+        key = await _read(svc, req, out, key)
     except (ApiError, StoreUnavailable) as exc:
-        failure = await _refused(svc, req, out, exc)
-    return error_answer(failure), failure.code
+        out.failure = exc
+        await _log_failures(svc, req, [out])
+    else:
+        await _handle(svc, req, key, [out])
+    answer = out.answer
+    if answer is not None:
+        return (200, encode(answer), _REPLAYED if out.replayed else None), answer.status
+    assert isinstance(out.failure, ApiError)
+    return error_answer(out.failure), out.failure.code
 
 
 def _log_full(svc: Services) -> tuple[Answer, str]:
@@ -514,23 +594,37 @@ def _log_full(svc: Services) -> tuple[Answer, str]:
     return error_answer(full), full.code
 
 
-async def _refused(
-    svc: Services, req: Incoming, out: _Outcome, exc: ApiError | StoreUnavailable
-) -> ApiError:
-    """The error a request (or bulk item) that failed with `exc` is answered with, once
-    it is logged."""
-    if isinstance(exc, ApiError):
-        failure = exc
-    else:
-        log.warning("store unavailable: %s", exc)
-        failure = ApiError("unavailable")
-        out.logged = False  # the write may not have happened: log what the client saw
-    if not out.logged:
-        try:
-            await svc.store.append_log(_entry(req, out, failure, None))
-        except StoreUnavailable:
-            failure = ApiError("unavailable")
-    return failure
+async def _log_failures(svc: Services, req: Incoming, outs: list[_Outcome]) -> None:
+    """Log the postbacks that failed and are not logged yet, together; each one's failure
+    as the ApiError it is answered with."""
+    unlogged: list[_Outcome] = []
+    for out in outs:
+        failure = out.failure
+        if failure is None:
+            continue
+        if not isinstance(failure, ApiError):
+            log.warning("store unavailable: %s", failure)
+            out.failure = ApiError("unavailable")
+            out.logged = False  # the write may not have happened: log what the client saw
+        if not out.logged:
+            unlogged.append(out)
+    if not unlogged:
+        return
+    appended = await asyncio.gather(
+        *(svc.store.append_log(_entry(req, out, _refusal(out), None)) for out in unlogged),
+        return_exceptions=True,
+    )
+    for out, appending in zip(unlogged, appended, strict=True):
+        if isinstance(appending, StoreUnavailable):
+            out.failure = ApiError("unavailable")
+        elif isinstance(appending, BaseException):
+            raise appending
+        out.logged = True
+
+
+def _refusal(out: _Outcome) -> ApiError:
+    assert isinstance(out.failure, ApiError)
+    return out.failure
 
 
 # -- bulk posts ------------------------------------------------------------------------
@@ -613,27 +707,34 @@ async def _bulk_request(
     raise ApiError("unsupported_media_type", "post JSON items or text/csv")
 
 
-async def _bulk_item(
-    svc: Services, req: Incoming, key: KeyInfo, item: dict[str, Any]
-) -> tuple[bytes, str]:
-    """One item's result (its HTTP status and the body a single postback of it gets),
-    and its outcome."""
-    out = _Outcome()
-    out.key = key
+def _bulk_item(key: KeyInfo, item: dict[str, Any], region: str) -> _Outcome:
+    """A bulk post's item as a postback with its parameters read (or its failure)."""
+    out = _Outcome(key)
     try:
-        out.params = params = {name: _text(name, value) for name, value in item.items()}
-        _note_caller(out, params, svc.settings.default_region)
+        out.params = params = {
+            name: value if type(value) is str else _text(name, value)
+            for name, value in item.items()
+        }
+        _note_caller(out, params, region)
         if "key" in params:
             raise ApiError(
                 "invalid_body", "a bulk item cannot name a key: the post's key is every item's"
             )
-        answer, replayed = await _handle(svc, req, out, key, params)
-    except (ApiError, StoreUnavailable) as exc:
-        failure = await _refused(svc, req, out, exc)
-        status, body, _ = error_answer(failure)
-        return b'{"http_status":%d,%s' % (status, body[1:]), failure.code
+    except ApiError as exc:
+        out.failure = exc
+    return out
+
+
+def _bulk_result(out: _Outcome) -> tuple[bytes, str]:
+    """An item's result (its HTTP status and the body a single postback of it gets), and
+    its outcome."""
+    answer = out.answer
+    if answer is None:
+        assert isinstance(out.failure, ApiError)
+        status, body, _ = error_answer(out.failure)
+        return b'{"http_status":%d,%s' % (status, body[1:]), out.failure.code
     body = encode(answer)
-    marked = b',"replayed":true}' if replayed else b"}"
+    marked = b',"replayed":true}' if out.replayed else b"}"
     return b'{"http_status":200,%s%s' % (body[1:-1], marked), answer.status
 
 
@@ -649,10 +750,14 @@ async def _answer_bulk(svc: Services, req: Incoming) -> tuple[Answer, list[str]]
     try:
         key, items = await _bulk_request(svc, req, out)
     except (ApiError, StoreUnavailable) as exc:
-        failure = await _refused(svc, req, out, exc)
-        return error_answer(failure), [failure.code]
-    # Together, so that the items' commands travel to Redis in few auto-pipeline batches.
-    done = await asyncio.gather(*(_bulk_item(svc, req, key, item) for item in items))
+        out.failure = exc
+        await _log_failures(svc, req, [out])
+        assert isinstance(out.failure, ApiError)
+        return error_answer(out.failure), [out.failure.code]
+    region = svc.settings.default_region
+    outs = [_bulk_item(key, item, region) for item in items]
+    await _handle(svc, req, key, outs)
+    done = [_bulk_result(out) for out in outs]
     body = b'{"results":[' + b",".join(result for result, _ in done) + b"]}"
     return (200, body, None), [outcome for _, outcome in done]
 

@@ -1,5 +1,5 @@
 """Declared tag schemas: the record in Postgres, its mirror in Redis (one string a
-schema, written whenever the record changes), and `TagSchemas.conform`, the postback's
+schema, written whenever the record changes), and `TagSchemas.rules`, the postback's
 schema step: each tag checked against its rule and stored in its canonical text.
 
 A web process keeps each schema it read for at most CALLTAGS_KEY_CACHE_SECONDS (<= 1 s),
@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
+from typing import TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -207,6 +208,14 @@ def conform(
     return kept, dropped
 
 
+# The schema step of a key (TagSchemas.rules).
+Conform: TypeAlias = Callable[[dict[str, str]], tuple[dict[str, str], list[str]]]
+
+
+def _as_given(tags: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    return tags, []
+
+
 def _named(row: asyncpg.Record) -> NamedTagSchema:
     schema = msgspec.json.decode(row["body"], type=TagSchema)
     return NamedTagSchema(
@@ -236,16 +245,30 @@ class TagSchemas(StoreBoundary):
 
     # -- the postback's step --------------------------------------------------------------
 
-    async def conform(self, key: KeyInfo, tags: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-        """The tags as the key's tag schema keeps them, and those it dropped; as given
-        when the key names none (or its schema is gone)."""
+    def known(self, key: KeyInfo) -> Conform | None:
+        """`rules` without a read, or None when it would read the schema."""
         name = key.tag_schema
         if name is None:
-            return tags, []
-        schema = await self.current(name)
+            return _as_given
+        hit = self._cache.get(name)
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        return self._step(name, hit[1])
+
+    async def rules(self, key: KeyInfo) -> Conform:
+        """The key's schema step, read once for a batch of postbacks: a function of a
+        postback's tags giving them as the key's tag schema keeps them, and those it
+        dropped; the tags as given when the key names none (or its schema is gone)."""
+        name = key.tag_schema
+        if name is None:
+            return _as_given
+        return self._step(name, await self.current(name))
+
+    def _step(self, name: str, schema: TagSchema | None) -> Conform:
         if schema is None:
-            return tags, []
-        return conform(schema, name, tags, self.region)
+            return _as_given
+        region = self.region
+        return lambda tags: conform(schema, name, tags, region)
 
     async def current(self, name: str) -> TagSchema | None:
         """The schema `name` as this process knows it (<= `ttl` s old); None: no such."""
