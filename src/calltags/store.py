@@ -307,13 +307,14 @@ class Store(StoreBoundary, ABC):
         """The replies of commands queued together, in order."""
 
     @abstractmethod
-    async def _write_postbacks(
+    def _write_postbacks(
         self, writes: list[TagWrite], head: list[Any], source: _Source, bucket: _Bucket | None
-    ) -> list[Any]:
+    ) -> Awaitable[list[Any]]:
         """postback-6.lua's reply for each write, or what its command raised (a Redis
         error, Unconfirmed), given the script's first arguments `head` (ARGV[1..6]): the
         log entries appended, the key's `bucket` asked and the idempotency keys claimed on
-        the way (see write_batch)."""
+        the way (see write_batch). What it gives may raise a Redis error instead: that of
+        every write."""
 
     @abstractmethod
     def _with_snapshot(self, keys: list[str], shard: str) -> list[str]:
@@ -419,16 +420,16 @@ class Store(StoreBoundary, ABC):
         ]
         bucket = (self.keys.rate_bucket(key_id), rate) if rate is not None else None
         source = encode_tag("", publisher_id, key_id, now)
-        replies = await self._write_postbacks(writes, head, (key_id, source), bucket)
-        outcomes: list[WriteOutcome] = []
-        failed: list[int] = []
-        for write, reply in zip(writes, replies, strict=True):
-            if type(reply) is list:
-                outcomes.append(_result(reply, rate, write.call_uuid))
-            else:  # a Redis error, Unconfirmed included
-                failed.append(len(outcomes))
-                outcomes.append(reply)
-        if failed:
+        try:
+            replies = await self._write_postbacks(writes, head, (key_id, source), bucket)
+        except REDIS_ERRORS as exc:
+            replies = _per_write((len(writes),), (exc,))
+        outcomes: list[WriteOutcome] = [
+            _result(reply, rate, write.call_uuid) if type(reply) is list else reply
+            for write, reply in zip(writes, replies, strict=True)
+        ]
+        failed = [n for n, reply in enumerate(replies) if type(reply) is not list]
+        if failed:  # a Redis error, Unconfirmed included
             answered = await asyncio.gather(*(self._failed(writes[n], replies[n]) for n in failed))
             for n, outcome in zip(failed, answered, strict=True):
                 outcomes[n] = outcome
@@ -635,28 +636,35 @@ class NodeStore(Store):
                     reply.exception()
             raise
 
-    async def _write_postbacks(
+    def _write_postbacks(
         self, writes: list[TagWrite], head: list[Any], source: _Source, bucket: _Bucket | None
-    ) -> list[Any]:
-        # Every call of the batch queued at once: one auto-pipeline batch.
+    ) -> Awaitable[list[Any]]:
         head.append("lb" if bucket is not None else "l")
-        calls = []
-        for start in range(0, len(writes), SCRIPT_BATCH):
-            keys: list[Any] = [next(self._log_shards)]
-            if bucket is not None:
-                keys.append(bucket[0])
-            args = head.copy()
-            chunk = writes[start : start + SCRIPT_BATCH] if len(writes) > SCRIPT_BATCH else writes
-            for write in chunk:
-                self._arguments(write, source, keys, args, claims=True)
-            calls.append((len(chunk), self._pipe.evalsha(self._postback, keys, args)))
-        if len(calls) == 1:  # a single postback, most bulk posts
-            count, call = calls[0]
-            try:
-                replies: list[Any] = await call
-                return replies
-            except REDIS_ERRORS as exc:
-                return _per_write((count,), (exc,))
+        if len(writes) <= SCRIPT_BATCH:  # a single postback, most bulk posts: one call
+            return self._call(writes, head, source, bucket)
+        # Every call of the batch queued at once: one auto-pipeline batch.
+        calls = [
+            (len(chunk), self._call(chunk, head.copy(), source, bucket))
+            for chunk in (
+                writes[start : start + SCRIPT_BATCH]
+                for start in range(0, len(writes), SCRIPT_BATCH)
+            )
+        ]
+        return self._settle(calls)
+
+    def _call(
+        self, writes: list[TagWrite], args: list[Any], source: _Source, bucket: _Bucket | None
+    ) -> asyncio.Future[Any]:
+        """One postback-6.lua call for `writes`, given its first arguments."""
+        keys: list[Any] = [next(self._log_shards)]
+        if bucket is not None:
+            keys.append(bucket[0])
+        for write in writes:
+            self._arguments(write, source, keys, args, claims=True)
+        return self._pipe.evalsha(self._postback, keys, args)
+
+    @staticmethod
+    async def _settle(calls: list[tuple[int, asyncio.Future[Any]]]) -> list[Any]:
         settled: list[Any] = []
         for _, call in calls:  # on their way together already: awaited in turn
             try:
