@@ -171,6 +171,8 @@ def encode_tag(value: str, publisher_id: int, key_id: int, set_at_ms: int) -> st
 def _result(reply: list[Any], rate: RateLimit | None, call_uuid: str) -> WriteOutcome:
     """A postback-6.lua reply as a write's result or refusal."""
     code, detail = reply[0], reply[1]
+    if code == 0:  # the most common first
+        return PostbackResult(STATUS_STORED, None, int(detail))
     if code == -2:
         assert rate is not None
         return RateLimited(int(detail), rate.per_second, rate.burst)
@@ -465,22 +467,16 @@ class Store(StoreBoundary, ABC):
         idempotent = write.idempotent
         entry = write.log_entry if write.log_entry is not None else b""
         tags = write.tags
-        put = args.append
         if idempotent is None:
-            put("")
+            args += ("", write.call_uuid, entry, 2 * len(tags))
         else:
             keys.append(self.keys.replay(caller, key_id, idempotent.token))
             keys.append(self.keys.replays(caller))
             if claims:
                 keys.append(self.keys.idempotency(key_id, idempotent.token))
-            put("isf" if claims else "is")
-        put(write.call_uuid)
-        put(entry)
-        put(2 * len(tags))
-        if idempotent is not None:
-            put(idempotent.fingerprint)
-            put(idempotent.until_ms)
-            put(idempotent.answer)
+            args += ("isf" if claims else "is", write.call_uuid, entry, 2 * len(tags))
+            args += (idempotent.fingerprint, idempotent.until_ms, idempotent.answer)
+        put = args.append
         for name, value in tags.items():
             put(name)
             put(prefix + value)
