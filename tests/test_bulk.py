@@ -17,6 +17,7 @@ from logtools import fetch
 from calltags import signing
 from calltags.models import MAX_BULK_BODY_BYTES, MAX_BULK_ITEMS
 from calltags.sink import Sink
+from calltags.store import SCRIPT_BATCH
 
 STORED = "call not found, tags stored"
 LIVE = "call in progress, tags applied"
@@ -257,3 +258,33 @@ async def test_items_go_through_the_keys_tag_schema(client: httpx.AsyncClient, k
     ]  # fmt: skip
     again = await _bulk(client, key["key"], items[:1])  # a repeat: the first answer
     assert again[0] == {**results[0], "replayed": True}
+
+
+async def test_a_bulk_larger_than_a_script_call_is_written_in_item_order(
+    client: httpx.AsyncClient, keys: Keys, sink: Sink, database_url: str
+) -> None:
+    """More items than one script call takes (store.SCRIPT_BATCH), callers of many slots,
+    one caller posted to again and again: every item as if alone, in item order (the
+    rate limit's tokens too), one log row an item."""
+    assert 4 * SCRIPT_BATCH < 300
+    key = await keys.key(rate_limit_per_second=0.001, rate_limit_burst=250)
+    repeated = fresh_caller()
+    items: list[dict[str, Any]] = []
+    for n in range(300):
+        caller = repeated if n % 3 == 0 else fresh_caller()
+        items.append({"caller_number": caller, "n": str(n)})
+    agent = _agent()
+    results = await _bulk(client, key["key"], items, **agent)
+    assert [r["http_status"] for r in results] == [200] * 250 + [429] * 50
+    for result, item in zip(results[:250], items, strict=False):
+        assert (result["caller_number"], result["tag_values"]) == (
+            item["caller_number"],
+            {"n": item["n"]},
+        )
+    # The repeated caller's last written item (of those under the limit) is its tag now.
+    last = max(n for n in range(250) if n % 3 == 0)
+    assert (await connect(client, repeated))["tags"] == {"n": str(last)}
+    await sink.drain()
+    rows = await fetch(database_url, ROWS, agent["user-agent"])
+    assert len(rows) == 300
+    assert sorted(row["http_status"] for row in rows) == [200] * 250 + [429] * 50

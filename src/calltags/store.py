@@ -784,24 +784,16 @@ class ClusterStore(Store):
         for (n, _), mine in zip(claims, await _gathered(c for _, c in claims), strict=True):
             if isinstance(mine, Exception) or not mine:
                 replies[n] = mine if isinstance(mine, Exception) else [-3, b""]
-        # The rest, in calls of one slot's callers each.
+        # The rest, in calls of one slot's callers each: the slots together, a slot's
+        # calls one after the other (a caller's writes stay in order).
         slots: dict[int, list[int]] = {}
         for n, write in enumerate(writes):
             if replies[n] is None:
                 slots.setdefault(self.redis.keyslot(self.keys.pending(write.caller)), []).append(n)
-        calls, order = [], []
-        for ns in slots.values():
-            for start in range(0, len(ns), SCRIPT_BATCH):
-                chunk = ns[start : start + SCRIPT_BATCH]
-                keys: list[Any] = []
-                args = [*head, ""]
-                for n in chunk:
-                    self._arguments(writes[n], source, keys, args, claims=False)
-                calls.append((len(chunk), self._queue_eval(self._postback, keys, args)))
-                order += chunk
-        got = await _gathered(call for _, call in calls)
-        for n, reply in zip(order, _per_write((count for count, _ in calls), got), strict=True):
-            replies[n] = reply
+        done = await _gathered(self._slot_writes(writes, ns, head, source) for ns in slots.values())
+        for ns, got in zip(slots.values(), done, strict=True):
+            for n, reply in zip(ns, got if isinstance(got, list) else [got] * len(ns), strict=True):
+                replies[n] = reply
         # The log entries with the outcomes, as postback-6.lua appends them on one node.
         logs = [
             (n, self._log_reply(write.log_entry, replies[n]))
@@ -812,6 +804,25 @@ class ClusterStore(Store):
         for (n, _), logged in zip(logs, await _gathered(log for _, log in logs), strict=True):
             if isinstance(logged, Exception):
                 replies[n] = logged
+        return replies
+
+    async def _slot_writes(
+        self, writes: list[TagWrite], ns: list[int], head: list[Any], source: _Source
+    ) -> list[Any]:
+        """The replies of writes `ns` (callers of one slot), in calls of up to
+        SCRIPT_BATCH writes, each call once the one before has answered."""
+        replies: list[Any] = []
+        for start in range(0, len(ns), SCRIPT_BATCH):
+            chunk = ns[start : start + SCRIPT_BATCH]
+            keys: list[Any] = []
+            args = [*head, ""]
+            for n in chunk:
+                self._arguments(writes[n], source, keys, args, claims=False)
+            try:
+                reply = await self._queue_eval(self._postback, keys, args)
+            except REDIS_ERRORS as exc:
+                reply = exc
+            replies += _per_write((len(chunk),), (reply,))
         return replies
 
     async def _log_reply(self, entry: bytes, reply: list[Any]) -> None:
