@@ -17,7 +17,7 @@ _OPTIONS.log_errors = False  # a refused pattern is the caller's 422, not a log 
 
 
 class Pattern(Protocol):
-    def fullmatch(self, text: str) -> object | None: ...
+    def fullmatch(self, text: str | bytes) -> object | None: ...
 
 
 _compiled: dict[str, Pattern] = {}
@@ -41,3 +41,10 @@ def compile_pattern(pattern: str) -> Pattern:
             _compiled.clear()
         _compiled[pattern] = found
     return found
+
+
+def fullmatches(pattern: str, value: str) -> bool:
+    """Whether all of `value` matches `pattern`. Matched as UTF-8 bytes, as RE2 matches
+    text: the same answer as the text's, at a third of the cost (the binding then maps no
+    byte offsets back to characters)."""
+    return compile_pattern(pattern).fullmatch(value.encode("utf-8", "surrogatepass")) is not None

@@ -28,7 +28,7 @@ from calltags.errors import ApiError, StoreBoundary
 from calltags.keycache import KeyInfo
 from calltags.keys import KeySpace
 from calltags.models import NamedTagSchema, TagRule, TagSchema
-from calltags.patterns import compile_pattern
+from calltags.patterns import fullmatches
 from calltags.store import REDIS_ERRORS, RedisClient
 from calltags.times import iso_ms, to_ms
 
@@ -96,7 +96,7 @@ def _bounds(number: float, rule: TagRule) -> None:
 def _string(value: str, rule: TagRule, region: str) -> str:
     if rule.max_length is not None and len(value) > rule.max_length:
         raise Unfit(f"must be at most {rule.max_length} characters")
-    if rule.pattern is not None and not compile_pattern(rule.pattern).fullmatch(value):
+    if rule.pattern is not None and not fullmatches(rule.pattern, value):
         raise Unfit(f"must match the pattern {rule.pattern!r}")
     return value
 
