@@ -73,3 +73,25 @@ def test_the_cache_keeps_the_most_recently_used_numbers() -> None:
     assert list(cache.found) == [
         ("2125550102", "US"), ("+12125550102", "US"), ("2125550101", "US"), ("bogus", "US"),
     ]  # fmt: skip
+
+
+_DIGITS = st.text(alphabet="0123456789", min_size=9, max_size=11)
+_NANP_LIKE = st.builds(
+    lambda prefix, digits: prefix + digits,
+    st.sampled_from(["", "1", "+1", "+", "11", "+11", "01"]),
+    _DIGITS | st.text(alphabet="0123456789٢²", min_size=10, max_size=10),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_NANP_LIKE, st.sampled_from(["US", "CA", "BS", "PR", "GB", "DE", "MX"]))
+@example("2125550123", "US")
+@example("12125550123", "US")
+@example("+12125550123", "GB")
+@example("2125550123", "CA")
+@example("1125550123", "US")
+def test_the_north_american_shortcut_gives_what_phonenumbers_gives(raw: str, region: str) -> None:
+    """phone._plain_nanp answers only what phonenumbers answers alike."""
+    plain = phone._plain_nanp(raw, region)
+    if plain is not None:
+        assert phone._parsed(raw, region) == (plain, True)

@@ -26,6 +26,34 @@ def _parse(raw: str, region: str) -> tuple[str | None, bool]:
     the national number begins with 0 or 1: phonenumbers then takes those digits after
     the country code for a national prefix ("+49 0…", "+61 0…") and drops them. A search
     over every region found no other case."""
+    plain = _plain_nanp(raw, region)
+    if plain is not None:
+        return plain, True
+    return _parsed(raw, region)
+
+
+def _plain_nanp(raw: str, region: str) -> str | None:
+    """The E.164 form of a North American number written plainly, the bulk of what
+    publishers post: +1NXXXXXXXXX (any region), 1NXXXXXXXXX or NXXXXXXXXX (region US), N
+    a digit 2-9, the rest digits. phonenumbers gives these "+1" and the ten digits, but
+    takes ~12 µs to; tests hold this shortcut to its answer. None: not such a number."""
+    if len(raw) == 12 and raw[:2] == "+1":
+        digits = raw[2:]
+    elif region != "US":
+        return None
+    elif len(raw) == 11 and raw[0] == "1":
+        digits = raw[1:]
+    elif len(raw) == 10:
+        digits = raw
+    else:
+        return None
+    if digits.isascii() and digits.isdigit() and digits[0] in "23456789":
+        return "+1" + digits
+    return None
+
+
+def _parsed(raw: str, region: str) -> tuple[str | None, bool]:
+    """`_parse` by phonenumbers itself."""
     try:
         number = phonenumbers.parse(raw, region)
     except phonenumbers.NumberParseException:
