@@ -65,34 +65,100 @@ def make_entry(
     tags_checked: bool = False,
     replayed: bool = False,
 ) -> dict[str, Any]:
-    """The entry; `call` is the JSON of the call the post applied tags to, which the
-    workers turn into the call's record. `tags_checked`: the tags passed the postback's
-    own rules, which are stricter than the log's caps, so they are logged as they are.
-    `replayed`: a repeat of an idempotent postback, answered with the first one's answer
-    (nothing written)."""
-    entry = {
-        "id": random_uuid(),
-        "received_at": received_ms,
-        "method": method,
-        "publisher_id": publisher_id,
-        "key_id": key_id,
-        "key_prefix": _cap(key_prefix, 16),
-        "caller_raw": _cap(caller_raw),
-        "caller_number": caller_number,
-        "call_uuid": _cap(call_uuid),
-        "tags": tags if tags_checked else cap_tags(tags),
-        "status": status,
-        "error": error,
-        "message": _cap(message, MAX_MESSAGE),
-        "http_status": http_status,
-        "remote_addr": _cap(remote_addr, 64),
-        "user_agent": _cap(user_agent),
-        "latency_us": latency_us,
-        "replayed": replayed,
-    }
-    if call is not None:
-        entry["call"] = orjson.Fragment(call)  # embedded as JSON, not re-encoded
-    return entry
+    """The entry (EntryHead's fields and EntryHead.entry's)."""
+    head = EntryHead(
+        method=method,
+        publisher_id=publisher_id,
+        key_id=key_id,
+        key_prefix=key_prefix,
+        remote_addr=remote_addr,
+        user_agent=user_agent,
+    )
+    return head.entry(
+        received_ms=received_ms,
+        caller_raw=caller_raw,
+        caller_number=caller_number,
+        call_uuid=call_uuid,
+        tags=tags,
+        status=status,
+        error=error,
+        http_status=http_status,
+        message=message,
+        latency_us=latency_us,
+        call=call,
+        tags_checked=tags_checked,
+        replayed=replayed,
+    )
+
+
+class EntryHead:
+    """The fields of a log entry that the postbacks of one request share (the request's
+    method, key, address and user agent), capped once for them all."""
+
+    __slots__ = ("key_id", "key_prefix", "method", "publisher_id", "remote_addr", "user_agent")
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        publisher_id: int | None,
+        key_id: int | None,
+        key_prefix: str | None,
+        remote_addr: str | None,
+        user_agent: str | None,
+    ):
+        self.method = method
+        self.publisher_id = publisher_id
+        self.key_id = key_id
+        self.key_prefix = _cap(key_prefix, 16)
+        self.remote_addr = _cap(remote_addr, 64)
+        self.user_agent = _cap(user_agent)
+
+    def entry(
+        self,
+        *,
+        received_ms: int,
+        caller_raw: str | None,
+        caller_number: str | None,
+        call_uuid: str | None,
+        tags: dict[str, str],
+        status: str | None,
+        error: str | None,
+        http_status: int,
+        message: str | None = None,
+        latency_us: int,
+        call: bytes | None = None,
+        tags_checked: bool = False,
+        replayed: bool = False,
+    ) -> dict[str, Any]:
+        """One postback's entry; `call` is the JSON of the call the post applied tags to,
+        which the workers turn into the call's record. `tags_checked`: the tags passed the
+        postback's own rules, which are stricter than the log's caps, so they are logged
+        as they are. `replayed`: a repeat of an idempotent postback, answered with the
+        first one's answer (nothing written)."""
+        entry = {
+            "id": random_uuid(),
+            "received_at": received_ms,
+            "method": self.method,
+            "publisher_id": self.publisher_id,
+            "key_id": self.key_id,
+            "key_prefix": self.key_prefix,
+            "caller_raw": _cap(caller_raw),
+            "caller_number": caller_number,
+            "call_uuid": _cap(call_uuid),
+            "tags": tags if tags_checked else cap_tags(tags),
+            "status": status,
+            "error": error,
+            "message": _cap(message, MAX_MESSAGE),
+            "http_status": http_status,
+            "remote_addr": self.remote_addr,
+            "user_agent": self.user_agent,
+            "latency_us": latency_us,
+            "replayed": replayed,
+        }
+        if call is not None:
+            entry["call"] = orjson.Fragment(call)  # embedded as JSON, not re-encoded
+        return entry
 
 
 def stream_id_ms(entry_id: bytes | str) -> int:

@@ -39,7 +39,7 @@ from calltags.errors import (
 )
 from calltags.http import Answer, error_answer, parse_object, query_pairs
 from calltags.keycache import KeyInfo
-from calltags.log import make_entry
+from calltags.log import EntryHead
 from calltags.metrics import UNMATCHED, Metrics
 from calltags.models import (
     MAX_BULK_BODY_BYTES,
@@ -241,24 +241,35 @@ class _Outcome:
         self.failure: ApiError | StoreUnavailable | None = None
 
 
+def _head(req: Incoming, out: _Outcome) -> EntryHead:
+    """What the log entries of the request's postbacks through `out.key` share."""
+    key = out.key
+    return EntryHead(
+        method=req.method,
+        publisher_id=key.publisher_id if key else None,
+        key_id=key.id if key else None,
+        key_prefix=out.secret[:8] if out.secret and key is None else None,
+        remote_addr=req.address,
+        user_agent=req.header(b"user-agent"),
+    )
+
+
 def _entry(
     req: Incoming,
     out: _Outcome,
     failure: ApiError | None,
     status: str | None,
     replayed: bool = False,
+    head: EntryHead | None = None,
 ) -> bytes:
+    """The postback's log entry; `head`: the request's `_head`, when known."""
     tags = out.tags
     checked = tags is not None
     if tags is None:
         tags = {k: v for k, v in out.params.items() if k not in RESERVED}
     return orjson.dumps(
-        make_entry(
+        (head or _head(req, out)).entry(
             received_ms=out.received_ms,
-            method=req.method,
-            publisher_id=out.key.publisher_id if out.key else None,
-            key_id=out.key.id if out.key else None,
-            key_prefix=out.secret[:8] if out.secret and out.key is None else None,
             caller_raw=out.caller_raw,
             caller_number=out.caller_number,
             call_uuid=out.call_uuid,
@@ -267,8 +278,6 @@ def _entry(
             error=failure.code if failure is not None else None,
             message=failure.message if failure is not None else None,
             http_status=failure.status if failure is not None else 200,
-            remote_addr=req.address,
-            user_agent=req.header(b"user-agent"),
             latency_us=(time.perf_counter_ns() - req.started_ns) // 1000,
             tags_checked=checked,
             replayed=replayed,
@@ -504,7 +513,8 @@ async def _handle(svc: Services, req: Incoming, key: KeyInfo, outs: list[_Outcom
     if key.rate_per_second is not None:
         limit = (key.rate_per_second, key.rate_burst or max(1, int(key.rate_per_second)))
     seconds = settings.idempotency_seconds
-    writes = [_write(seconds, req, out) for out in writing]
+    head = _head(req, writing[0]) if writing else None  # the batch's key is every write's
+    writes = [_write(seconds, req, out, head) for out in writing]
     try:
         results = await svc.store.write_batch(
             writes,
@@ -548,7 +558,9 @@ async def _handle(svc: Services, req: Incoming, key: KeyInfo, outs: list[_Outcom
         await _log_failures(svc, req, outs)
 
 
-def _write(idempotency_seconds: int, req: Incoming, out: _Outcome) -> TagWrite:
+def _write(
+    idempotency_seconds: int, req: Incoming, out: _Outcome, head: EntryHead | None
+) -> TagWrite:
     """A checked postback's write, with its log entry."""
     assert out.caller_number is not None and out.tags is not None
     given = out.params.get("idempotency_key")
@@ -557,7 +569,7 @@ def _write(idempotency_seconds: int, req: Incoming, out: _Outcome) -> TagWrite:
         until_ms = out.received_ms + idempotency_seconds * 1000
         first = orjson.dumps([out.tags, out.caller_number, out.dropped])
         idempotent = _idempotent(out.params, given, until_ms, first)
-    entry = _entry(req, out, None, None)
+    entry = _entry(req, out, None, None, head=head)
     return TagWrite(out.caller_number, out.tags, out.call_uuid or "", entry, idempotent)
 
 
