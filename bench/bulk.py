@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--items", type=int, default=100, help="items a bulk post")
     parser.add_argument("--connections", type=int, default=64, help="of the single runs")
-    parser.add_argument("--bulk-connections", type=int, default=8, help="of the bulk runs")
+    parser.add_argument("--bulk-connections", type=int, default=16, help="of the bulk runs")
     parser.add_argument("--callers", type=int, default=100_000, help="caller pool size")
     args = parser.parse_args()
     ensure_wrk()
