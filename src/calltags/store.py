@@ -467,14 +467,17 @@ class Store(StoreBoundary, ABC):
         idempotent = write.idempotent
         entry = write.log_entry if write.log_entry is not None else b""
         tags = write.tags
+        count = 2 * len(tags)
         if idempotent is None:
-            args += ("", write.call_uuid, entry, 2 * len(tags))
+            head = f"{count}::{write.call_uuid}" if write.call_uuid else count
+            args += (head, entry)
         else:
             keys.append(self.keys.replay(caller, key_id, idempotent.token))
             keys.append(self.keys.replays(caller))
             if claims:
                 keys.append(self.keys.idempotency(key_id, idempotent.token))
-            args += ("isf" if claims else "is", write.call_uuid, entry, 2 * len(tags))
+            letters = "isf" if claims else "is"
+            args += (f"{count}:{letters}:{write.call_uuid}", entry)
             args += (idempotent.fingerprint, idempotent.until_ms, idempotent.answer)
         put = args.append
         for name, value in tags.items():

@@ -38,12 +38,12 @@
     ARGV[6]  rate limit burst (with a bucket)
     ARGV[7]  the batch's letters (l, b)
     then for each postback:
-      its letters (i, s, f; "" for none)
-      the call_uuid it addresses, or "" to pick by the caller's state
+      its head: the number of tag arguments that follow its own (2 a tag), or, for a
+        postback with letters or a call_uuid, "COUNT:LETTERS:CALL_UUID": its letters
+        (i, s, f) and the call_uuid it addresses ("" to pick by the caller's state)
       its log entry, JSON, or "" (not logged): with a log stream, appended as field e,
         the outcome code as field r and the call JSON, when tags went to a call, as
         field c
-      the number of tag arguments that follow its own (2 a tag)
       with i or f only (a postback without an idempotency key passes no more arguments
       than it needs): the fingerprint of its parameters, when its idempotency records
       expire (ms since the epoch), and the answer's parts the write does not decide,
@@ -180,10 +180,12 @@ local function write(target)
   end
 
   redis.call('HSET', pending, unpack(ARGV, first_tag, last_tag))
-  local ttl = redis.call('PTTL', pending)
-  if ttl < storage_ms then
-    redis.call('PEXPIRE', pending, storage_ms)
-    ttl = storage_ms
+  -- The longer of the key's storage and the hash's own expiry: GT lengthens a shorter
+  -- one (the common case: one call), NX gives a new hash its first.
+  local ttl = storage_ms
+  if redis.call('PEXPIRE', pending, storage_ms, 'GT') == 0
+      and redis.call('PEXPIRE', pending, storage_ms, 'NX') == 0 then
+    ttl = redis.call('PTTL', pending)
   end
   return logged({0, now + ttl})
 end
@@ -191,11 +193,16 @@ end
 local replies = {}
 local a = 8  -- the next argument
 while a <= #ARGV do
-  local letters = ARGV[a]
-  local target = ARGV[a + 1]
-  entry = ARGV[a + 2]
-  local tag_arguments = tonumber(ARGV[a + 3])
-  a = a + 4
+  local header = ARGV[a]
+  local tag_arguments = tonumber(header)
+  local letters, target = '', ''
+  if not tag_arguments then
+    local count
+    count, letters, target = string.match(header, '^(%d+):(%a*):(.*)$')
+    tag_arguments = tonumber(count)
+  end
+  entry = ARGV[a + 1]
+  a = a + 2
   pending, calls = KEYS[k], KEYS[k + 1]
   k = k + 2
   record, records, claim = nil, nil, nil
