@@ -14,6 +14,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 
 from calltags.errors import StoreUnavailable
@@ -65,7 +66,8 @@ def make_entry(
     tags_checked: bool = False,
     replayed: bool = False,
 ) -> dict[str, Any]:
-    """The entry (EntryHead's fields and EntryHead.entry's)."""
+    """The entry as a dict (EntryHead's fields and EntryHead.encode's): what the log holds,
+    read back."""
     head = EntryHead(
         method=method,
         publisher_id=publisher_id,
@@ -74,7 +76,7 @@ def make_entry(
         remote_addr=remote_addr,
         user_agent=user_agent,
     )
-    return head.entry(
+    encoded = head.encode(
         received_ms=received_ms,
         caller_raw=caller_raw,
         caller_number=caller_number,
@@ -89,6 +91,36 @@ def make_entry(
         tags_checked=tags_checked,
         replayed=replayed,
     )
+    entry: dict[str, Any] = orjson.loads(encoded)
+    return entry
+
+
+class _Entry(msgspec.Struct):
+    """A postback log entry, its fields in their order (a Struct: encoded in about half
+    the time of a dict through orjson)."""
+
+    id: str
+    received_at: int
+    method: str
+    publisher_id: int | None
+    key_id: int | None
+    key_prefix: str | None
+    caller_raw: str | None
+    caller_number: str | None
+    call_uuid: str | None
+    tags: dict[str, str]
+    status: str | None
+    error: str | None
+    message: str | None
+    http_status: int
+    remote_addr: str | None
+    user_agent: str | None
+    latency_us: int
+    replayed: bool
+    call: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET  # the call's JSON, as it is
+
+
+_encode = msgspec.json.Encoder().encode
 
 
 class EntryHead:
@@ -114,7 +146,7 @@ class EntryHead:
         self.remote_addr = _cap(remote_addr, 64)
         self.user_agent = _cap(user_agent)
 
-    def entry(
+    def encode(
         self,
         *,
         received_ms: int,
@@ -130,35 +162,35 @@ class EntryHead:
         call: bytes | None = None,
         tags_checked: bool = False,
         replayed: bool = False,
-    ) -> dict[str, Any]:
-        """One postback's entry; `call` is the JSON of the call the post applied tags to,
-        which the workers turn into the call's record. `tags_checked`: the tags passed the
-        postback's own rules, which are stricter than the log's caps, so they are logged
-        as they are. `replayed`: a repeat of an idempotent postback, answered with the
-        first one's answer (nothing written)."""
-        entry = {
-            "id": random_uuid(),
-            "received_at": received_ms,
-            "method": self.method,
-            "publisher_id": self.publisher_id,
-            "key_id": self.key_id,
-            "key_prefix": self.key_prefix,
-            "caller_raw": _cap(caller_raw),
-            "caller_number": caller_number,
-            "call_uuid": _cap(call_uuid),
-            "tags": tags if tags_checked else cap_tags(tags),
-            "status": status,
-            "error": error,
-            "message": _cap(message, MAX_MESSAGE),
-            "http_status": http_status,
-            "remote_addr": self.remote_addr,
-            "user_agent": self.user_agent,
-            "latency_us": latency_us,
-            "replayed": replayed,
-        }
-        if call is not None:
-            entry["call"] = orjson.Fragment(call)  # embedded as JSON, not re-encoded
-        return entry
+    ) -> bytes:
+        """One postback's entry, JSON; `call` is the JSON of the call the post applied
+        tags to, which the workers turn into the call's record. `tags_checked`: the tags
+        passed the postback's own rules, which are stricter than the log's caps, so they
+        are logged as they are. `replayed`: a repeat of an idempotent postback, answered
+        with the first one's answer (nothing written)."""
+        return _encode(
+            _Entry(
+                random_uuid(),
+                received_ms,
+                self.method,
+                self.publisher_id,
+                self.key_id,
+                self.key_prefix,
+                _cap(caller_raw),
+                caller_number,
+                _cap(call_uuid),
+                tags if tags_checked else cap_tags(tags),
+                status,
+                error,
+                _cap(message, MAX_MESSAGE),
+                http_status,
+                self.remote_addr,
+                self.user_agent,
+                latency_us,
+                replayed,
+                msgspec.Raw(call) if call is not None else msgspec.UNSET,
+            )
+        )
 
 
 def stream_id_ms(entry_id: bytes | str) -> int:

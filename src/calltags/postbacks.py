@@ -267,21 +267,19 @@ def _entry(
     checked = tags is not None
     if tags is None:
         tags = {k: v for k, v in out.params.items() if k not in RESERVED}
-    return orjson.dumps(
-        (head or _head(req, out)).entry(
-            received_ms=out.received_ms,
-            caller_raw=out.caller_raw,
-            caller_number=out.caller_number,
-            call_uuid=out.call_uuid,
-            tags=tags,
-            status=status,
-            error=failure.code if failure is not None else None,
-            message=failure.message if failure is not None else None,
-            http_status=failure.status if failure is not None else 200,
-            latency_us=(time.perf_counter_ns() - req.started_ns) // 1000,
-            tags_checked=checked,
-            replayed=replayed,
-        )
+    return (head or _head(req, out)).encode(
+        received_ms=out.received_ms,
+        caller_raw=out.caller_raw,
+        caller_number=out.caller_number,
+        call_uuid=out.call_uuid,
+        tags=tags,
+        status=status,
+        error=failure.code if failure is not None else None,
+        message=failure.message if failure is not None else None,
+        http_status=failure.status if failure is not None else 200,
+        latency_us=(time.perf_counter_ns() - req.started_ns) // 1000,
+        tags_checked=checked,
+        replayed=replayed,
     )
 
 
