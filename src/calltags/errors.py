@@ -7,9 +7,10 @@ and the log page's status filter are read from the same table.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
@@ -60,6 +61,19 @@ def _wrapped(
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     return wrapper
+
+
+async def gathered(
+    awaitables: Iterable[Awaitable[Any]],
+    kept: type[BaseException] | tuple[type[BaseException], ...],
+) -> list[Any]:
+    """The awaitables' results, awaited together, an exception of the `kept` kinds in
+    place of the result it stopped; any other exception is raised."""
+    got = await asyncio.gather(*awaitables, return_exceptions=True)
+    for result in got:
+        if isinstance(result, BaseException) and not isinstance(result, kept):
+            raise result
+    return got
 
 
 @dataclass(frozen=True)

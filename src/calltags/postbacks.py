@@ -12,7 +12,6 @@ posted alone.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import csv
 import hashlib
@@ -36,6 +35,7 @@ from calltags.errors import (
     StoreUnavailable,
     WriteUnconfirmed,
     call_not_found,
+    gathered,
 )
 from calltags.http import Answer, error_answer, parse_object, query_pairs
 from calltags.keycache import KeyInfo
@@ -447,14 +447,10 @@ async def _find_calls(svc: Services, outs: list[_Outcome]) -> bool:
     """The callers of the calls the postbacks address, looked up together: each one's
     caller, or its failure (call_not_found, the caller posted differs, Redis down);
     whether any failed."""
-    found = await asyncio.gather(
-        *(svc.store.caller_of(out.call_uuid or "") for out in outs), return_exceptions=True
-    )
-    for out, caller in zip(outs, found, strict=True):
+    lookups = (svc.store.caller_of(out.call_uuid or "") for out in outs)
+    for out, caller in zip(outs, await gathered(lookups, StoreUnavailable), strict=True):
         if isinstance(caller, StoreUnavailable):
             out.failure = caller
-        elif isinstance(caller, BaseException):
-            raise caller
         elif caller is None or (out.caller_number is not None and out.caller_number != caller):
             out.failure = call_not_found(out.call_uuid or "")
         else:
@@ -465,18 +461,19 @@ async def _find_calls(svc: Services, outs: list[_Outcome]) -> bool:
 def _failed(out: _Outcome, failure: Exception) -> ApiError | StoreUnavailable:
     """What a write's refusal or failure is answered with; `out.logged` when the store
     logged it."""
-    out.logged = True
     if isinstance(failure, CallNotFound):
-        return call_not_found(out.call_uuid or "")
-    if isinstance(failure, RateLimited):
-        return _rate_limited(failure)
-    if isinstance(failure, IdempotencyKeyReused):
-        return ApiError("idempotency_key_reused")
-    if isinstance(failure, WriteUnconfirmed):  # the store logged it as answered 503
-        return ApiError("unavailable", "the write is not confirmed (it may have happened)")
-    out.logged = False  # the write may not have happened: log what the client saw
-    assert isinstance(failure, StoreUnavailable), failure
-    return failure
+        refusal = call_not_found(out.call_uuid or "")
+    elif isinstance(failure, RateLimited):
+        refusal = _rate_limited(failure)
+    elif isinstance(failure, IdempotencyKeyReused):
+        refusal = ApiError("idempotency_key_reused")
+    elif isinstance(failure, WriteUnconfirmed):  # the store logged it as answered 503
+        refusal = ApiError("unavailable", "the write is not confirmed (it may have happened)")
+    else:  # the write may not have happened: _log_failures logs what the client saw
+        assert isinstance(failure, StoreUnavailable), failure
+        return failure
+    out.logged = True
+    return refusal
 
 
 async def _handle(svc: Services, req: Incoming, key: KeyInfo, outs: list[_Outcome]) -> None:
@@ -541,15 +538,12 @@ async def _handle(svc: Services, req: Incoming, key: KeyInfo, outs: list[_Outcom
             out.call_uuid = result.call_uuid or out.call_uuid
             replays.append((out, _entry(req, out, None, answer.status, replayed=True)))
     if replays:
-        appended = await asyncio.gather(
-            *(svc.store.append_log(entry) for _, entry in replays), return_exceptions=True
-        )
-        for (out, _), appending in zip(replays, appended, strict=True):
-            if isinstance(appending, StoreUnavailable):
-                out.answer, out.replayed, out.failure = None, False, appending
+        appending = (svc.store.append_log(entry) for _, entry in replays)
+        appended = await gathered(appending, StoreUnavailable)
+        for (out, _), refused in zip(replays, appended, strict=True):
+            if isinstance(refused, StoreUnavailable):
+                out.answer, out.replayed, out.failure = None, False, refused
                 failed = True
-            elif isinstance(appending, BaseException):
-                raise appending
             else:
                 out.logged = True
     if failed:
@@ -640,15 +634,11 @@ async def _log_failures(svc: Services, req: Incoming, outs: list[_Outcome]) -> N
             unlogged.append(out)
     if not unlogged:
         return
-    appended = await asyncio.gather(
-        *(svc.store.append_log(_entry(req, out, _refusal(out), None)) for out in unlogged),
-        return_exceptions=True,
-    )
-    for out, appending in zip(unlogged, appended, strict=True):
-        if isinstance(appending, StoreUnavailable):
+    appending = (svc.store.append_log(_entry(req, out, _refusal(out), None)) for out in unlogged)
+    appended = await gathered(appending, StoreUnavailable)
+    for out, refused in zip(unlogged, appended, strict=True):
+        if isinstance(refused, StoreUnavailable):
             out.failure = ApiError("unavailable")
-        elif isinstance(appending, BaseException):
-            raise appending
         out.logged = True
 
 

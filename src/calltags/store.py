@@ -43,7 +43,7 @@ from calltags.autopipe import (
     ReplicaAckedPipeline,
     Unconfirmed,
 )
-from calltags.errors import StoreBoundary, StoreUnavailable, WriteUnconfirmed
+from calltags.errors import StoreBoundary, StoreUnavailable, WriteUnconfirmed, gathered
 from calltags.keys import SECOND_MS, KeySpace
 from calltags.times import now_ms
 
@@ -171,8 +171,6 @@ def encode_tag(value: str, publisher_id: int, key_id: int, set_at_ms: int) -> st
 def _result(reply: list[Any], rate: RateLimit | None, call_uuid: str) -> WriteOutcome:
     """A postback-6.lua reply as a write's result or refusal."""
     code, detail = reply[0], reply[1]
-    if code == 0:  # the most common first
-        return PostbackResult(STATUS_STORED, None, int(detail))
     if code == -2:
         assert rate is not None
         return RateLimited(int(detail), rate.per_second, rate.burst)
@@ -190,16 +188,6 @@ def _result(reply: list[Any], rate: RateLimit | None, call_uuid: str) -> WriteOu
     return PostbackResult(
         _POSTBACK_STATUS[code], call_uuid=detail.decode(), replayed=replayed, answer=answer
     )
-
-
-async def _gathered(replies: Iterable[Awaitable[Any]]) -> list[Any]:
-    """The replies, a Redis error (Unconfirmed included) in place of the reply it stopped,
-    awaited together."""
-    got = await asyncio.gather(*replies, return_exceptions=True)
-    for reply in got:
-        if isinstance(reply, BaseException) and not isinstance(reply, REDIS_ERRORS):
-            raise reply
-    return got
 
 
 def _per_write(counts: Iterable[int], replies: Iterable[Any]) -> list[Any]:
@@ -664,12 +652,7 @@ class NodeStore(Store):
 
     @staticmethod
     async def _settle(calls: list[tuple[int, asyncio.Future[Any]]]) -> list[Any]:
-        settled: list[Any] = []
-        for _, call in calls:  # on their way together already: awaited in turn
-            try:
-                settled.append(await call)
-            except REDIS_ERRORS as exc:
-                settled.append(exc)
+        settled = await gathered((call for _, call in calls), REDIS_ERRORS)
         return _per_write((count for count, _ in calls), settled)
 
     def _with_snapshot(self, keys: list[str], shard: str) -> list[str]:
@@ -784,7 +767,9 @@ class ClusterStore(Store):
             for n, write in enumerate(writes)
             if write.idempotent is not None and replies[n] is None
         ]
-        for (n, _), mine in zip(claims, await _gathered(c for _, c in claims), strict=True):
+        for (n, _), mine in zip(
+            claims, await gathered((c for _, c in claims), REDIS_ERRORS), strict=True
+        ):
             if isinstance(mine, Exception) or not mine:
                 replies[n] = mine if isinstance(mine, Exception) else [-3, b""]
         # The rest, in calls of one slot's callers each: the slots together, a slot's
@@ -793,7 +778,8 @@ class ClusterStore(Store):
         for n, write in enumerate(writes):
             if replies[n] is None:
                 slots.setdefault(self.redis.keyslot(self.keys.pending(write.caller)), []).append(n)
-        done = await _gathered(self._slot_writes(writes, ns, head, source) for ns in slots.values())
+        calls = (self._slot_writes(writes, ns, head, source) for ns in slots.values())
+        done = await gathered(calls, REDIS_ERRORS)
         for ns, got in zip(slots.values(), done, strict=True):
             for n, reply in zip(ns, got if isinstance(got, list) else [got] * len(ns), strict=True):
                 replies[n] = reply
@@ -804,7 +790,9 @@ class ClusterStore(Store):
             if write.log_entry is not None and not isinstance(replies[n], Exception)
             and replies[n][0] != REPLAYED
         ]  # fmt: skip
-        for (n, _), logged in zip(logs, await _gathered(log for _, log in logs), strict=True):
+        for (n, _), logged in zip(
+            logs, await gathered((log for _, log in logs), REDIS_ERRORS), strict=True
+        ):
             if isinstance(logged, Exception):
                 replies[n] = logged
         return replies
